@@ -1,0 +1,260 @@
+"""One typed configuration object, loaded from YAML files in conf/ plus command-line overrides.
+
+    cfg = load_config(["conf/ingest.yaml", "conf/sources.yaml"], overrides=["ingest.image_size=256"])
+
+Files are merged in order (mappings deep-merged, lists replaced). Every key is checked against the
+dataclasses below: an unknown key or a value of the wrong type is a :class:`ConfigError` that names
+the key and the file it came from. Defaults live here and nowhere else.
+"""
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    pass
+
+
+@dataclass
+class SourceConfig:
+    name: str
+    kind: str
+    root: str
+    options: dict[str, Any] = field(default_factory=dict)
+    enabled: bool = True
+
+
+@dataclass
+class DedupConfig:
+    #: find near duplicates (perceptual hash) in addition to exact (decoded-pixel hash) ones
+    near: bool = True
+    #: max Hamming distance between 64-bit pHashes for a near duplicate (see benchmarks/README.md)
+    phash_threshold: int = 6
+    #: which member of a duplicate group is kept: the one with the most original pixels, ties broken
+    #: by the order of sources in the config, then by record_id
+    keep: str = "largest"
+
+
+@dataclass
+class SplitConfig:
+    #: split name -> fraction of images; fractions must sum to 1
+    ratios: dict[str, float] = field(default_factory=lambda: {"train": 0.72, "val": 0.18, "test": 0.10})
+    seed: int = 42
+
+
+@dataclass
+class IngestConfig:
+    output: str = "out/curated"
+    classes: list[str] = field(default_factory=lambda: ["COVID-19", "Normal", "Pneumonia"])
+    image_size: int = 224
+    #: pad (keep aspect, black borders) | crop (keep aspect, centre crop) | stretch
+    resize_mode: str = "pad"
+    #: none | equalize (global histogram) | clahe
+    contrast: str = "none"
+    #: none | unet (the lung segmentation stage; see the segmentation module when it lands)
+    segmentation: str = "none"
+    #: keep rows whose view is not recorded (class-per-folder sets are frontal by curation)
+    keep_unknown_view: bool = True
+    #: decompression-bomb guard: images with more pixels than this are quarantined
+    max_pixels: int = 50_000_000
+    #: files larger than this (MiB) are quarantined without being decoded
+    max_file_mb: int = 64
+    #: use Pillow's JPEG draft mode (DCT scaling) when shrinking a lot
+    jpeg_draft: bool = True
+    #: Parquet row-group size: small enough that every Horovod rank gets row groups to read
+    row_group_mb: int = 8
+    dedup: DedupConfig = field(default_factory=DedupConfig)
+    split: SplitConfig = field(default_factory=SplitConfig)
+
+
+@dataclass
+class SparkConfig:
+    #: None: whatever spark-submit set, else local[*]
+    master: str | None = None
+    app_name: str = "cxrspark"
+    shuffle_partitions: int = 8
+    log_level: str = "WARN"
+    #: extra Spark settings, e.g. {"spark.executor.memory": "4g"}
+    conf: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class Config:
+    sources: list[SourceConfig] = field(default_factory=list)
+    ingest: IngestConfig = field(default_factory=IngestConfig)
+    spark: SparkConfig = field(default_factory=SparkConfig)
+
+
+_CHOICES = {
+    "ingest.resize_mode": ("pad", "crop", "stretch"),
+    "ingest.contrast": ("none", "equalize", "clahe"),
+    "ingest.segmentation": ("none",),
+    "ingest.dedup.keep": ("largest",),
+}
+
+
+# ---- loading -------------------------------------------------------------------------------------
+def load_config(paths: list[str | Path] | None = None, overrides: list[str] | None = None) -> Config:
+    merged: dict[str, Any] = {}
+    origin: dict[str, str] = {}
+    for p in paths or []:
+        p = Path(p)
+        if not p.is_file():
+            raise ConfigError(f"config file {p} does not exist")
+        try:
+            data = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{p}: not valid YAML: {exc}") from exc
+        if not isinstance(data, dict):
+            raise ConfigError(f"{p}: top level must be a mapping, not {type(data).__name__}")
+        _merge(merged, data, origin, str(p), "")
+    for item in overrides or []:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"override {item!r} must look like section.key=value")
+        value = yaml.safe_load(raw) if raw.strip() else None
+        nested: Any = value
+        for part in reversed(key.strip().split(".")):
+            nested = {part: nested}
+        _merge(merged, nested, origin, "--set", "")
+    cfg = _build(Config, merged, "", origin)
+    _validate(cfg)
+    return cfg
+
+
+def _merge(dst: dict, src: dict, origin: dict, where: str, prefix: str) -> None:
+    for k, v in src.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and isinstance(dst.get(k), dict) and _is_section(key):
+            _merge(dst[k], v, origin, where, key + ".")
+        else:
+            dst[k] = v
+        _mark(origin, key, v, where)
+
+
+def _is_section(key: str) -> bool:
+    """True when ``key`` names a config section (merged key by key); other mappings, such as
+    split ratios or Spark settings, are values and a later file replaces them whole."""
+    tp: Any = Config
+    for part in key.split("."):
+        if not dataclasses.is_dataclass(tp):
+            return False
+        hints = typing.get_type_hints(tp)
+        if part not in hints:
+            return False
+        tp = hints[part]
+    return dataclasses.is_dataclass(tp)
+
+
+def _mark(origin: dict, key: str, value: Any, where: str) -> None:
+    origin[key] = where
+    if isinstance(value, dict):
+        for k, v in value.items():
+            _mark(origin, f"{key}.{k}", v, where)
+
+
+def _where(origin: dict, key: str) -> str:
+    while key:
+        if key in origin:
+            return origin[key]
+        key = key.rpartition(".")[0]
+    return "defaults"
+
+
+def _build(cls: type, data: Any, prefix: str, origin: dict) -> Any:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{prefix or 'config'} (from {_where(origin, prefix)}): expected a mapping, "
+                          f"got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    for k in data:
+        if k not in names:
+            key = f"{prefix}{k}"
+            raise ConfigError(f"unknown key '{key}' in {_where(origin, key)}; "
+                              f"known keys here: {', '.join(sorted(names))}")
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        if f.name in data:
+            key = f"{prefix}{f.name}"
+            kwargs[f.name] = _coerce(hints[f.name], data[f.name], key, origin)
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise ConfigError(f"missing key '{prefix}{f.name}' (in {_where(origin, prefix.rstrip('.'))})")
+    return cls(**kwargs)
+
+
+def _coerce(tp: Any, value: Any, key: str, origin: dict) -> Any:
+    def bad() -> ConfigError:
+        return ConfigError(f"'{key}' in {_where(origin, key)}: expected {_name(tp)}, "
+                           f"got {type(value).__name__} {value!r}")
+
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, key + ".", origin)
+    o = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if o in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(inner[0], value, key, origin)
+    if o is list:
+        if not isinstance(value, list):
+            raise bad()
+        return [_coerce(args[0], v, f"{key}[{i}]", origin) for i, v in enumerate(value)]
+    if o is dict:
+        if not isinstance(value, dict):
+            raise bad()
+        return {_coerce(args[0], k, key, origin): _coerce(args[1], v, f"{key}.{k}", origin)
+                for k, v in value.items()}
+    if tp is Any:
+        return value
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp is str and isinstance(value, (int, float)) and not isinstance(value, bool) and key.startswith("spark.conf"):
+        return str(value)
+    if not isinstance(value, tp) or (tp is int and isinstance(value, bool)):
+        raise bad()
+    return value
+
+
+def _name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _validate(cfg: Config) -> None:
+    for key, allowed in _CHOICES.items():
+        obj: Any = cfg
+        for part in key.split("."):
+            obj = getattr(obj, part)
+        if obj not in allowed:
+            hint = ""
+            if key == "ingest.segmentation":
+                hint = " (lung segmentation with a trained U-Net is not part of this version yet)"
+            raise ConfigError(f"'{key}' must be one of {', '.join(allowed)}, not {obj!r}{hint}")
+    ing = cfg.ingest
+    if not 16 <= ing.image_size <= 2048:
+        raise ConfigError(f"'ingest.image_size' must be between 16 and 2048, not {ing.image_size}")
+    if not 0 <= ing.dedup.phash_threshold <= 20:
+        raise ConfigError("'ingest.dedup.phash_threshold' must be between 0 and 20")
+    ratios = ing.split.ratios
+    if not ratios or any(v < 0 for v in ratios.values()) or abs(sum(ratios.values()) - 1.0) > 1e-6:
+        raise ConfigError(f"'ingest.split.ratios' must be non-negative and sum to 1, got {ratios}")
+    if len(set(ing.classes)) != len(ing.classes) or not ing.classes:
+        raise ConfigError(f"'ingest.classes' must be a non-empty list without repeats: {ing.classes}")
+    from cxrspark.labels import CLASSES
+    unknown = [c for c in ing.classes if c not in CLASSES]
+    if unknown:
+        raise ConfigError(f"'ingest.classes' has unknown classes {unknown}; known: {list(CLASSES)}")
+    names = [s.name for s in cfg.sources]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"source names must be unique: {names}")
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)

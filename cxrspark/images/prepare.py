@@ -1,0 +1,47 @@
+"""One image file's bytes to a model-ready square greyscale image plus its metadata and content hashes.
+
+Hashes are computed on the decoded greyscale pixels before contrast and resizing, so copies of an image
+at different resolutions or contrast settings still hash alike.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from cxrspark.images.decode import decode_image
+from cxrspark.images.hashing import phash, pixel_sha256
+from cxrspark.images.transforms import apply_contrast, resize
+
+
+@dataclass
+class Prepared:
+    """A (size, size) uint8 image with the original file's size, format and mode, and its hashes."""
+
+    image: np.ndarray
+    orig_height: int
+    orig_width: int
+    orig_format: str
+    orig_mode: str
+    pixel_sha256: str
+    phash: int
+
+
+def prepare(data: bytes, *, size: int, resize_mode: str = "pad", contrast: str = "none",
+            max_pixels: int = 50_000_000, jpeg_draft: bool = True) -> Prepared:
+    """Decode, hash, apply contrast and resize one image; raises DecodeError as `decode_image` does.
+
+    With `jpeg_draft`, JPEGs are decoded at a DCT scale of at least 2*size per side (fast, and still
+    enough resolution for the final resize); the hashes then describe those drafted pixels.
+    """
+    decoded = decode_image(data, max_pixels=max_pixels, draft_size=2 * size if jpeg_draft else None)
+    pixels = decoded.pixels
+    return Prepared(
+        image=resize(apply_contrast(pixels, contrast), size, resize_mode),
+        orig_height=decoded.orig_height,
+        orig_width=decoded.orig_width,
+        orig_format=decoded.format,
+        orig_mode=decoded.mode,
+        pixel_sha256=pixel_sha256(pixels),
+        phash=phash(pixels),
+    )

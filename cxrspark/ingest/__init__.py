@@ -1,0 +1,1 @@
+"""The ingest pipeline: sources -> filter -> decode -> (segment) -> dedup -> split -> write."""

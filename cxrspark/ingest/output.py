@@ -1,0 +1,59 @@
+"""Atomic output directory and the human-readable report of an ingest run."""
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from pathlib import Path
+
+
+class AtomicDir:
+    """Write into a hidden sibling staging folder; ``commit()`` swaps it into place.
+
+    A run that fails leaves only ``<output>.incomplete-*`` (removed at the next run's start), never a
+    half-written ``<output>``. Works on local and shared POSIX filesystems.
+    """
+
+    def __init__(self, final: str | os.PathLike):
+        self.final = Path(final).resolve()
+        self.final.parent.mkdir(parents=True, exist_ok=True)
+        for stale in self.final.parent.glob(self.final.name + ".incomplete-*"):
+            shutil.rmtree(stale, ignore_errors=True)
+        self.staging = self.final.parent / f"{self.final.name}.incomplete-{uuid.uuid4().hex[:8]}"
+        self.staging.mkdir()
+
+    def path(self, *parts: str) -> str:
+        return str(self.staging.joinpath(*parts))
+
+    def commit(self) -> Path:
+        old = None
+        if self.final.exists():
+            old = self.final.parent / f"{self.final.name}.old-{uuid.uuid4().hex[:8]}"
+            os.replace(self.final, old)
+        os.replace(self.staging, self.final)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+        return self.final
+
+    def abort(self) -> None:
+        shutil.rmtree(self.staging, ignore_errors=True)
+
+
+def format_counts(table: list[dict], splits: list[str]) -> str:
+    """A source x class x split table of curated images, with totals."""
+    keys = sorted({(r["source"], r["label"]) for r in table})
+    cell = {(r["source"], r["label"], r["split"]): r["n"] for r in table}
+    w0 = max([len("source"), *(len(k[0]) for k in keys)]) + 2
+    w1 = max([len("class"), *(len(k[1]) for k in keys)]) + 2
+    head = f"{'source':<{w0}}{'class':<{w1}}" + "".join(f"{s:>8}" for s in splits) + f"{'total':>8}"
+    lines = [head, "-" * len(head)]
+    col_tot = {s: 0 for s in splits}
+    for src, lab in keys:
+        vals = [cell.get((src, lab, s), 0) for s in splits]
+        for s, v in zip(splits, vals):
+            col_tot[s] += v
+        lines.append(f"{src:<{w0}}{lab:<{w1}}" + "".join(f"{v:>8}" for v in vals) + f"{sum(vals):>8}")
+    lines.append("-" * len(head))
+    lines.append(f"{'total':<{w0 + w1}}" + "".join(f"{col_tot[s]:>8}" for s in splits)
+                 + f"{sum(col_tot.values()):>8}")
+    return "\n".join(lines)

@@ -1,0 +1,179 @@
+"""run_ingest: the stages in order, the outputs written atomically, a summary that reconciles.
+
+Output layout (under ``ingest.output``)::
+
+    curated/<split>/   Petastorm-readable Parquet: image bytes + shape + label index + canonical columns
+    quarantine/        rows that could not be used, with stage and reason
+    filtered/          rows out of scope, with the rule
+    duplicates/        the dedup report: every dropped row, what it duplicates, the evidence
+    summary.json       counts, reconciliation, config, dataset fingerprint
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import time
+from collections import Counter
+from typing import Callable
+
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+
+import cxrspark
+from cxrspark.config import Config, to_dict
+from cxrspark.ingest.dedup import KEEP_RULE, candidate_pairs, resolve_groups
+from cxrspark.ingest.groups import connected_components
+from cxrspark.ingest.output import AtomicDir, format_counts
+from cxrspark.ingest.split import assign_splits
+from cxrspark.ingest.stages import decode, metadata_outcome, output_files, read_sources, segment, to_frame
+from cxrspark.schema import (CURATED, CURATED_COLUMNS, DUPLICATE, FILTERED, OUTCOMES, QUARANTINED,
+                             RECORD_COLUMNS)
+
+_MAPPING_DDL = "record_id string, outcome string, reason string, dup_group string, split_group string, split string"
+
+
+def run_ingest(spark: SparkSession, cfg: Config, log: Callable[[str], None] = print) -> dict:
+    started = time.time()
+    ing = cfg.ingest
+    out = AtomicDir(ing.output)
+    try:
+        summary = _run(spark, cfg, out, log)
+        summary["seconds"] = round(time.time() - started, 1)
+        with open(out.path("summary.json"), "w") as fh:
+            json.dump(summary, fh, indent=2, sort_keys=True)
+        final = out.commit()
+    except BaseException:
+        out.abort()
+        raise
+    summary["output"] = str(final)
+    log(format_counts(summary["curated_table"], list(ing.split.ratios)))
+    log(summary["reconciliation"])
+    return summary
+
+
+def _run(spark: SparkSession, cfg: Config, out: AtomicDir, log: Callable[[str], None]) -> dict:
+    ing = cfg.ingest
+    rows, source_problems = read_sources(cfg.sources)
+    n_input = len(rows)
+    log(f"ingest: {n_input} input rows from {len([s for s in cfg.sources if s.enabled])} sources")
+    outcome, reason = metadata_outcome(cfg)
+    classified = to_frame(spark, rows).withColumn("outcome", outcome).withColumn("reason", reason)
+    early = classified.where(F.col("outcome").isNotNull()).withColumn("stage", F.lit("metadata"))
+    pending = classified.where(F.col("outcome").isNull()).drop("outcome", "reason")
+
+    # decode once; every later stage reads the stored result instead of decoding again
+    work = out.path("_work", "decoded")
+    segment(decode(spark, pending, cfg), cfg).write.parquet(work)
+    decoded = spark.read.parquet(work)
+    bad = decoded.where(F.col("decode_error").isNotNull())
+    ok = decoded.where(F.col("decode_error").isNull())
+
+    pairs = [(r["a"], r["b"], r["kind"], r["distance"])
+             for r in candidate_pairs(ok, ing.dedup.phash_threshold, ing.dedup.near).collect()]
+    dd = resolve_groups(spark, ok, pairs, [s.name for s in cfg.sources], ing.dedup.phash_threshold)
+    dropped = {r["record_id"]: r for r in dd.report}
+
+    # patients linked by a duplicate group split as one unit
+    patient_group = connected_components(dd.patient_links)
+    meta = ok.select("record_id", "patient_key", "label").collect()
+    mapping, images = [], []
+    for r in meta:
+        rid = r["record_id"]
+        unit = patient_group.get(r["patient_key"], r["patient_key"])
+        if rid in dd.conflicts:
+            mapping.append((rid, QUARANTINED, dd.conflicts[rid], None, unit, None))
+        elif rid in dropped:
+            d = dropped[rid]
+            mapping.append((rid, DUPLICATE, f"{d['kind']}_duplicate: of {d['duplicate_of']}",
+                            d["dup_group"], unit, None))
+        else:
+            mapping.append((rid, CURATED, None, dd.membership.get(rid, (None,))[0], unit, None))
+            images.append((unit, r["label"]))
+    split_of = assign_splits(images, ing.split.ratios, ing.split.seed)
+    mapping = [(rid, o, why, g, unit, split_of.get(unit) if o == CURATED else None)
+               for rid, o, why, g, unit, _ in mapping]
+    placed = ok.join(spark.createDataFrame(mapping, _MAPPING_DDL), "record_id", "left")
+
+    # ---- write ----
+    curated = (placed.where(F.col("outcome") == CURATED)
+               .withColumn("label_index", _label_index(ing.classes))
+               .select(*CURATED_COLUMNS))
+    block = str(ing.row_group_mb * 2**20)
+    for split in ing.split.ratios:
+        part = curated.where(F.col("split") == split)
+        n = part.count()
+        (part.repartitionByRange(output_files(n), "record_id").sortWithinPartitions("record_id")
+         .write.option("parquet.block.size", block).option("compression", "snappy")
+         .parquet(out.path("curated", split)))
+
+    record_cols = list(RECORD_COLUMNS)
+    quarantine = (early.where(F.col("outcome") == QUARANTINED).select(*record_cols, "stage", "reason")
+                  .unionByName(bad.select(*record_cols, F.lit("decode").alias("stage"),
+                                          F.col("decode_error").alias("reason")))
+                  .unionByName(placed.where(F.col("outcome") == QUARANTINED)
+                               .select(*record_cols, F.lit("dedup").alias("stage"), "reason")))
+    _write_table(quarantine, out.path("quarantine"))
+    _write_table(early.where(F.col("outcome") == FILTERED).select(*record_cols, "reason"), out.path("filtered"))
+    report_ddl = ("record_id string, source string, source_path string, patient_key string, label string, "
+                  "duplicate_of string, kept_source string, kept_source_path string, kept_patient_key string, "
+                  "dup_group string, group_size int, kind string, distance_to_kept int, threshold int, "
+                  "evidence string, keep_rule string")
+    _write_table(spark.createDataFrame(dd.report, report_ddl) if dd.report
+                 else spark.createDataFrame([], report_ddl), out.path("duplicates"))
+
+    # ---- count what was WRITTEN, and reconcile ----
+    read = {
+        CURATED: spark.read.parquet(*[out.path("curated", s) for s in ing.split.ratios]),
+        QUARANTINED: spark.read.parquet(out.path("quarantine")),
+        FILTERED: spark.read.parquet(out.path("filtered")),
+        DUPLICATE: spark.read.parquet(out.path("duplicates")),
+    }
+    counts = {k: read[k].count() for k in OUTCOMES}
+    total = sum(counts.values())
+    reconciliation = (f"reconciliation: input rows {n_input} = curated {counts[CURATED]} + filtered "
+                      f"{counts[FILTERED]} + duplicates {counts[DUPLICATE]} + quarantined "
+                      f"{counts[QUARANTINED]}" + (" (exact)" if total == n_input else f" MISMATCH: {total}"))
+    if total != n_input:
+        raise RuntimeError(reconciliation)
+    reasons = Counter()
+    for outcome_name in (QUARANTINED, FILTERED):
+        for r in read[outcome_name].select(F.substring_index("reason", ":", 1).alias("code")).collect():
+            reasons[f"{outcome_name}/{r['code']}"] += 1
+    for r in read[DUPLICATE].select("kind").collect():
+        reasons[f"{DUPLICATE}/{r['kind']}"] += 1
+    table = [r.asDict() for r in read[CURATED].groupBy("source", "label", "split").count()
+             .withColumnRenamed("count", "n").collect()]
+    fp_rows = sorted(f"{r['record_id']}|{r['pixel_sha256']}|{r['split']}|{r['label']}"
+                     for r in read[CURATED].select("record_id", "pixel_sha256", "split", "label").collect())
+    config = to_dict(cfg)
+    dataset_hash = hashlib.sha256(("\n".join(fp_rows) + json.dumps(config["ingest"], sort_keys=True))
+                                  .encode()).hexdigest()
+    shutil.rmtree(out.path("_work"), ignore_errors=True)
+    return {
+        "cxrspark_version": cxrspark.__version__,
+        "input_rows": n_input,
+        "counts": counts,
+        "reasons": dict(sorted(reasons.items())),
+        "reconciliation": reconciliation,
+        "curated_table": sorted(table, key=lambda r: (r["source"], r["label"], r["split"])),
+        "splits": {s: sum(r["n"] for r in table if r["split"] == s) for s in ing.split.ratios},
+        "classes": ing.classes,
+        "dedup": {"pairs": dd.pairs, "groups": len({g for g, _ in dd.membership.values()}),
+                  "linked_patient_keys": len(dd.patient_links), "threshold": ing.dedup.phash_threshold,
+                  "keep_rule": KEEP_RULE},
+        "source_problems": source_problems,
+        "dataset_hash": dataset_hash,
+        "config": config,
+    }
+
+
+def _label_index(classes: list[str]):
+    expr = F.lit(None).cast("int")
+    for i, c in reversed(list(enumerate(classes))):
+        expr = F.when(F.col("label") == c, F.lit(i)).otherwise(expr)
+    return expr
+
+
+def _write_table(df: DataFrame, path: str) -> None:
+    df.orderBy("record_id").coalesce(1).write.parquet(path)

@@ -1,0 +1,99 @@
+"""The ingest stages in order, each a small function over Spark DataFrames.
+
+Every input row ends in exactly one outcome (cxrspark.schema.OUTCOMES) with a reason code:
+metadata errors -> quarantined; filter rules -> filtered; decode errors -> quarantined;
+dropped duplicates -> duplicate; label conflicts inside a duplicate group -> quarantined; the rest is
+curated.
+"""
+from __future__ import annotations
+
+import math
+
+from pyspark.sql import Column, DataFrame, SparkSession
+from pyspark.sql import functions as F
+
+from cxrspark.config import Config, SourceConfig
+from cxrspark.schema import (FILTERED, FRONTAL_VIEWS, LATERAL_VIEWS, QUARANTINED, RECORD_DDL,
+                             UNKNOWN_VIEW, SourceRecord)
+from cxrspark.sources import SourceError, make_adapter
+from cxrspark.spark.udfs import make_prepare_udf
+
+
+# ---- 1. sources -> canonical rows ----------------------------------------------------------------
+def read_sources(sources: list[SourceConfig]) -> tuple[list[dict], list[dict]]:
+    """All enabled sources' rows (driver side: metadata only). A source that cannot be read at all
+    becomes one quarantined row, so it shows in the counts instead of vanishing."""
+    rows, problems = [], []
+    for s in sources:
+        if not s.enabled:
+            continue
+        n_before = len(rows)
+        try:
+            adapter = make_adapter(s.kind, s.name, s.root, s.options)
+            rows.extend(r.to_row() for r in adapter.records())
+        except (SourceError, OSError, ValueError, KeyError) as exc:
+            reason = f"source_unreadable: {exc}"
+            problems.append({"source": s.name, "error": reason, "rows_read_before_error": len(rows) - n_before})
+            rows.append(SourceRecord(record_id=f"{s.name}:<source>", source=s.name, source_path=s.root,
+                                     path=None, label=None, finding="", patient_key=f"{s.name}:<source>",
+                                     error=reason).to_row())
+    ids = [r["record_id"] for r in rows]
+    if len(set(ids)) != len(ids):
+        dup = sorted({i for i in ids if ids.count(i) > 1})[:5]
+        raise RuntimeError(f"adapters produced non-unique record_ids, e.g. {dup}")
+    return rows, problems
+
+
+def to_frame(spark: SparkSession, rows: list[dict]) -> DataFrame:
+    cols = [c.split()[0] for c in RECORD_DDL.split(", ")]
+    n = max(1, min(len(rows) // 500 + 1, spark.sparkContext.defaultParallelism * 4))
+    return spark.createDataFrame([tuple(r[c] for c in cols) for r in rows], schema=RECORD_DDL).repartition(n)
+
+
+# ---- 2. metadata rules: quarantine bad rows, filter what is out of scope ---------------------------
+def metadata_outcome(cfg: Config) -> tuple[Column, Column]:
+    """(outcome, reason) columns; null outcome = goes on to decoding. Rules checked in this order."""
+    ing = cfg.ingest
+    frontal = F.col("view").isin(list(FRONTAL_VIEWS))
+    if ing.keep_unknown_view:
+        frontal = frontal | (F.col("view") == UNKNOWN_VIEW)
+    rules = [
+        (F.col("error").isNotNull(), QUARANTINED, F.col("error")),
+        (F.col("modality") != "X-ray", FILTERED, F.concat(F.lit("modality: "), F.col("modality"))),
+        (F.col("view").isin(list(LATERAL_VIEWS)), FILTERED, F.concat(F.lit("lateral_view: "), F.col("view"))),
+        (~frontal, FILTERED, F.concat(F.lit("non_frontal_view: "), F.col("view"))),
+        (F.col("label").isNull(), FILTERED,
+         F.concat(F.lit("unusable_label: finding '"), F.coalesce(F.col("finding"), F.lit("")), F.lit("'"))),
+        (~F.col("label").isin(list(ing.classes)), FILTERED,
+         F.concat(F.lit("class_not_selected: "), F.col("label"))),
+    ]
+    outcome, reason = F.lit(None).cast("string"), F.lit(None).cast("string")
+    for cond, out, why in reversed(rules):
+        outcome = F.when(cond, F.lit(out)).otherwise(outcome)
+        reason = F.when(cond, why).otherwise(reason)
+    return outcome, reason
+
+
+# ---- 3. decode, hash, contrast, resize (the pandas UDF) -------------------------------------------
+def decode(spark: SparkSession, df: DataFrame, cfg: Config) -> DataFrame:
+    ing = cfg.ingest
+    udf = make_prepare_udf(size=ing.image_size, resize_mode=ing.resize_mode, contrast=ing.contrast,
+                           max_pixels=ing.max_pixels, max_file_bytes=ing.max_file_mb * 2**20,
+                           jpeg_draft=ing.jpeg_draft)
+    # enough tasks to keep every core busy; the decode cost per row dwarfs the task overhead
+    parts = spark.sparkContext.defaultParallelism * 4
+    return (df.repartition(parts, "record_id")
+            .withColumn("_d", udf(F.col("path")))
+            .select("*", "_d.*").drop("_d"))
+
+
+# ---- 4. segmentation hook -------------------------------------------------------------------------
+def segment(df: DataFrame, cfg: Config) -> DataFrame:
+    """The place of the lung segmentation UDF. ``segmentation: none`` stores the full image."""
+    if cfg.ingest.segmentation == "none":
+        return df
+    raise ValueError(f"segmentation {cfg.ingest.segmentation!r} is not available")  # guarded by config
+
+
+def output_files(count: int, rows_per_file: int = 2000) -> int:
+    return max(1, math.ceil(count / rows_per_file))

@@ -1,0 +1,212 @@
+"""The source adapter contract and the registry.
+
+An adapter turns one public dataset, in its own folder layout and metadata format, into
+:class:`~cxrspark.schema.SourceRecord` rows. It reads metadata only (no pixels) and never raises on a
+bad row: a row it cannot map is yielded with ``error`` set, so the pipeline quarantines it.
+
+Adding a source = one small module that subclasses :class:`SourceAdapter`, sets ``kind`` and is
+decorated with :func:`register`; then list it in ``conf/sources.yaml``.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import os
+import re
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, ClassVar
+
+from cxrspark.schema import FRONTAL_VIEWS, LATERAL_VIEWS, UNKNOWN_VIEW, SourceRecord
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".dcm", ".dicom")
+
+_REGISTRY: dict[str, type["SourceAdapter"]] = {}
+
+
+class SourceError(Exception):
+    """A whole source cannot be read (its root or metadata file is missing or unreadable)."""
+
+
+def register(cls: type["SourceAdapter"]) -> type["SourceAdapter"]:
+    if not getattr(cls, "kind", None):
+        raise TypeError(f"{cls.__name__} must set a 'kind'")
+    if cls.kind in _REGISTRY and _REGISTRY[cls.kind] is not cls:
+        raise TypeError(f"source kind {cls.kind!r} registered twice")
+    _REGISTRY[cls.kind] = cls
+    return cls
+
+
+def adapter_kinds() -> list[str]:
+    _load_builtin()
+    return sorted(_REGISTRY)
+
+
+def make_adapter(kind: str, name: str, root: str | os.PathLike, options: dict[str, Any] | None = None
+                 ) -> "SourceAdapter":
+    _load_builtin()
+    if kind not in _REGISTRY:
+        raise KeyError(f"unknown source kind {kind!r}; known: {', '.join(sorted(_REGISTRY))}")
+    return _REGISTRY[kind](name=name, root=root, options=options or {})
+
+
+def _load_builtin() -> None:
+    # Importing the package registers every built-in adapter module.
+    import cxrspark.sources  # noqa: F401
+
+
+class SourceAdapter(ABC):
+    """Contract: ``records()`` yields one SourceRecord per input row, in a stable order."""
+
+    kind: ClassVar[str] = ""
+    #: options this adapter accepts in conf/sources.yaml (name -> default)
+    default_options: ClassVar[dict[str, Any]] = {}
+
+    def __init__(self, name: str, root: str | os.PathLike, options: dict[str, Any]):
+        unknown = set(options) - set(self.default_options)
+        if unknown:
+            raise ValueError(f"source {name!r} ({self.kind}): unknown option(s) {sorted(unknown)}; "
+                             f"known: {sorted(self.default_options)}")
+        self.name = name
+        self.root = Path(root).resolve()
+        self.options = {**self.default_options, **options}
+
+    @abstractmethod
+    def records(self) -> Iterator[SourceRecord]:
+        """Yield every input row. Raise SourceError only when the source as a whole is unreadable."""
+
+    # ---- helpers shared by adapters -------------------------------------------------------------
+    def check_root(self) -> None:
+        if not self.root.is_dir():
+            raise SourceError(f"source {self.name!r}: root folder {self.root} does not exist")
+
+    def resolve(self, relative: str) -> tuple[str | None, str | None]:
+        """Resolve a file name from metadata against the root: (absolute path, error).
+
+        Refuses names that point outside the root (``../../etc/passwd``, absolute paths, symlinks
+        leading out) and names whose file is missing.
+        """
+        if not relative or not str(relative).strip():
+            return None, "missing_file: empty file name"
+        rel = str(relative).strip()
+        if os.path.isabs(rel) or rel.startswith(("/", "\\")):
+            return None, f"path_outside_root: absolute path {rel!r}"
+        candidate = (self.root / rel).resolve()
+        if candidate != self.root and self.root not in candidate.parents:
+            return None, f"path_outside_root: {rel!r} resolves outside {self.root}"
+        if not candidate.is_file():
+            return None, f"missing_file: {rel}"
+        return str(candidate), None
+
+    def key(self, patient_id: str) -> str:
+        return f"{self.name}:{patient_id}"
+
+    def list_images(self, folder: Path) -> list[Path]:
+        """Image files under ``folder``, recursively, in a stable (sorted) order."""
+        out = [p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
+        return sorted(out, key=lambda p: p.relative_to(self.root).as_posix())
+
+    def read_csv(self, filename: str, encoding: str = "utf-8") -> Iterator[tuple[int, dict | None, str | None]]:
+        """Yield (line_number, row dict or None, error) for each data row of a metadata CSV.
+
+        A row whose bytes are not valid in ``encoding`` or whose field count differs from the
+        header is yielded with an error instead of stopping the whole file.
+        """
+        path = self.root / filename
+        if not path.is_file():
+            raise SourceError(f"source {self.name!r}: metadata file {path} does not exist")
+        raw_lines = path.read_bytes().splitlines(keepends=True)
+        # csv needs whole records (quoted fields may hold newlines): decode line by line, then parse
+        text_lines: list[tuple[int, str | None, str | None]] = []
+        for i, raw in enumerate(raw_lines, start=1):
+            try:
+                text_lines.append((i, raw.decode(encoding), None))
+            except UnicodeDecodeError as exc:
+                text_lines.append((i, None, f"bad_encoding: line {i} is not valid {encoding} ({exc.reason})"))
+        if not text_lines or text_lines[0][1] is None:
+            raise SourceError(f"source {self.name!r}: cannot read the header of {path} as {encoding}")
+        header = next(csv.reader([text_lines[0][1].lstrip("\ufeff")]))
+        pending: list[str] = []
+        start = 0
+        for lineno, text, err in text_lines[1:]:
+            if err is not None:
+                if pending:  # a broken line inside a quoted record breaks the whole record
+                    yield start, None, err
+                    pending = []
+                else:
+                    yield lineno, None, err
+                continue
+            if not pending:
+                start = lineno
+            pending.append(text)
+            joined = "".join(pending)
+            if joined.count('"') % 2 == 1:
+                continue  # inside a quoted field that spans lines
+            pending = []
+            if not joined.strip():
+                continue
+            values = next(csv.reader(io.StringIO(joined)))
+            if len(values) != len(header):
+                yield start, None, (f"malformed_row: line {start} has {len(values)} fields, "
+                                    f"header has {len(header)}")
+                continue
+            yield start, dict(zip(header, values)), None
+        if pending:
+            yield start, None, f"malformed_row: unterminated quote from line {start}"
+
+
+# ---- vocabulary helpers --------------------------------------------------------------------------
+_VIEW_MAP = {
+    "pa": "PA", "posteroanterior": "PA",
+    "ap": "AP", "anteroposterior": "AP",
+    "ap supine": "AP Supine", "supine": "AP Supine",
+    "ap erect": "AP Erect", "erect": "AP Erect", "ap upright": "AP Erect",
+    "ap semi erect": "AP Semi Erect", "ap semi-erect": "AP Semi Erect", "ap semierect": "AP Semi Erect",
+    "l": "Lateral", "lateral": "Lateral", "ll": "Lateral", "rl": "Lateral", "lat": "Lateral",
+}
+
+
+def normalise_view(raw: str | None) -> str:
+    """Map a source's view/projection text to the canonical vocabulary (unknown views stay visible)."""
+    text = re.sub(r"[\s_]+", " ", str(raw or "")).strip().lower()
+    if not text:
+        return UNKNOWN_VIEW
+    if text in _VIEW_MAP:
+        return _VIEW_MAP[text]
+    if text.startswith("ct") or text in ("axial", "coronal", "sagittal"):
+        return text.title()
+    return str(raw).strip()
+
+
+def normalise_modality(raw: str | None, default: str = "X-ray") -> str:
+    text = str(raw or "").strip().lower()
+    if not text:
+        return default
+    if text in ("x-ray", "xray", "x ray", "cr", "dx", "dr", "radiograph"):
+        return "X-ray"
+    if text in ("ct", "computed tomography"):
+        return "CT"
+    return str(raw).strip()
+
+
+def normalise_sex(raw: str | None) -> str | None:
+    text = str(raw or "").strip().upper()
+    return {"M": "M", "MALE": "M", "F": "F", "FEMALE": "F"}.get(text)
+
+
+def parse_age(raw: Any) -> int | None:
+    """Years from '65', '67+', '065Y', 42.0; None when absent or implausible."""
+    m = re.match(r"\s*0*(\d{1,3})(?:\.\d*)?\s*[+Yy]?", str(raw or ""))
+    if not m:
+        return None
+    age = int(m.group(1))
+    return age if 0 <= age <= 120 else None
+
+
+def is_frontal(view: str) -> bool:
+    return view in FRONTAL_VIEWS
+
+
+def is_lateral(view: str) -> bool:
+    return view in LATERAL_VIEWS

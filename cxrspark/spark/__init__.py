@@ -1,0 +1,1 @@
+"""Spark glue: the session builder and thin pandas-UDF wrappers around cxrspark.images."""

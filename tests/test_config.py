@@ -1,0 +1,64 @@
+"""The typed config: YAML files merged, CLI overrides, clear errors naming key and file."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from cxrspark.config import ConfigError, load_config
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_shipped_configs_load_and_overrides_apply():
+    cfg = load_config([REPO / "conf/ingest.yaml", REPO / "conf/sources.yaml"],
+                      ["ingest.image_size=256", "ingest.split.ratios={train: 0.8, test: 0.2}",
+                       "spark.conf={spark.executor.memory: 4g}"])
+    assert cfg.ingest.image_size == 256
+    assert cfg.ingest.split.ratios == {"train": 0.8, "test": 0.2}
+    assert cfg.spark.conf == {"spark.executor.memory": "4g"}
+    assert [s.name for s in cfg.sources][:2] == ["cohen", "figure1"]
+    assert cfg.ingest.dedup.phash_threshold == 6  # from the file, not overridden
+    for name in ("demo-sources.yaml", "sources-devdata.yaml"):
+        assert load_config([REPO / "conf" / name]).sources
+
+
+def test_unknown_key_names_key_and_file(tmp_path):
+    f = tmp_path / "bad.yaml"
+    f.write_text("ingest:\n  image_sise: 224\n")
+    with pytest.raises(ConfigError) as exc:
+        load_config([f])
+    assert "ingest.image_sise" in str(exc.value) and str(f) in str(exc.value)
+
+
+def test_wrong_type_names_key_and_file(tmp_path):
+    f = tmp_path / "bad.yaml"
+    f.write_text("ingest:\n  dedup:\n    phash_threshold: six\n")
+    with pytest.raises(ConfigError) as exc:
+        load_config([f])
+    msg = str(exc.value)
+    assert "ingest.dedup.phash_threshold" in msg and str(f) in msg and "int" in msg
+
+
+def test_override_errors_name_the_command_line():
+    with pytest.raises(ConfigError) as exc:
+        load_config([], ["ingest.image_size=big"])
+    assert "ingest.image_size" in str(exc.value) and "--set" in str(exc.value)
+    with pytest.raises(ConfigError):
+        load_config([], ["no_equals_sign"])
+
+
+def test_later_files_win_and_values_are_validated(tmp_path):
+    a, b = tmp_path / "a.yaml", tmp_path / "b.yaml"
+    a.write_text("ingest:\n  image_size: 80\n  contrast: clahe\n")
+    b.write_text("ingest:\n  image_size: 331\n")
+    cfg = load_config([a, b])
+    assert (cfg.ingest.image_size, cfg.ingest.contrast) == (331, "clahe")
+    with pytest.raises(ConfigError, match="resize_mode"):
+        load_config([], ["ingest.resize_mode=squash"])
+    with pytest.raises(ConfigError, match="sum to 1"):
+        load_config([], ["ingest.split.ratios={train: 0.9, test: 0.2}"])
+    with pytest.raises(ConfigError, match="unknown classes"):
+        load_config([], ["ingest.classes=[COVID-19, Tuberculosis]"])
+    with pytest.raises(ConfigError, match="missing key 'sources\\[0\\].kind'"):
+        load_config([], ["sources=[{name: x, root: y}]"])
