@@ -35,8 +35,11 @@ class SourceConfig:
 class DedupConfig:
     #: find near duplicates (perceptual hash) in addition to exact (decoded-pixel hash) ones
     near: bool = True
-    #: max Hamming distance between 64-bit pHashes for a near duplicate (see benchmarks/README.md)
-    phash_threshold: int = 6
+    #: max Hamming distance between 64-bit pHashes for a near-duplicate candidate
+    phash_threshold: int = 8
+    #: min thumbnail correlation that confirms a candidate (pHash alone confuses different CXRs);
+    #: both thresholds were measured on real data, see benchmarks/README.md
+    min_correlation: float = 0.95
     #: which member of a duplicate group is kept: the one with the most original pixels, ties broken
     #: by the order of sources in the config, then by record_id
     keep: str = "largest"
@@ -51,7 +54,7 @@ class SplitConfig:
 
 @dataclass
 class IngestConfig:
-    output: str = "out/curated"
+    output: str = "out/dataset"
     classes: list[str] = field(default_factory=lambda: ["COVID-19", "Normal", "Pneumonia"])
     image_size: int = 224
     #: pad (keep aspect, black borders) | crop (keep aspect, centre crop) | stretch
@@ -242,6 +245,8 @@ def _validate(cfg: Config) -> None:
         raise ConfigError(f"'ingest.image_size' must be between 16 and 2048, not {ing.image_size}")
     if not 0 <= ing.dedup.phash_threshold <= 20:
         raise ConfigError("'ingest.dedup.phash_threshold' must be between 0 and 20")
+    if not -1.0 <= ing.dedup.min_correlation <= 1.0:
+        raise ConfigError("'ingest.dedup.min_correlation' must be between -1 and 1")
     ratios = ing.split.ratios
     if not ratios or any(v < 0 for v in ratios.values()) or abs(sum(ratios.values()) - 1.0) > 1e-6:
         raise ConfigError(f"'ingest.split.ratios' must be non-negative and sum to 1, got {ratios}")

@@ -63,7 +63,7 @@ RECORD_DDL = (
 # Columns the decode UDF adds (see cxrspark.spark.udfs).
 DECODED_DDL = (
     "image binary, height int, width int, orig_height int, orig_width int, orig_format string, "
-    "orig_mode string, pixel_sha256 string, phash long, decode_error string"
+    "orig_mode string, pixel_sha256 string, phash long, thumb binary, decode_error string"
 )
 
 # The curated table: canonical columns + image + split bookkeeping. Petastorm's make_batch_reader

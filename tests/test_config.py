@@ -18,7 +18,7 @@ def test_shipped_configs_load_and_overrides_apply():
     assert cfg.ingest.split.ratios == {"train": 0.8, "test": 0.2}
     assert cfg.spark.conf == {"spark.executor.memory": "4g"}
     assert [s.name for s in cfg.sources][:2] == ["cohen", "figure1"]
-    assert cfg.ingest.dedup.phash_threshold == 6  # from the file, not overridden
+    assert cfg.ingest.dedup.phash_threshold == 8  # from the file, not overridden
     for name in ("demo-sources.yaml", "sources-devdata.yaml"):
         assert load_config([REPO / "conf" / name]).sources
 

@@ -117,7 +117,7 @@ def _to_grey(img: Image.Image) -> np.ndarray:
         return _minmax_uint8(np.asarray(img))
     else:
         raise DecodeError("unsupported_image", f"unsupported Pillow mode {mode!r}")
-    return np.asarray(grey, dtype=np.uint8).copy()
+    return np.array(grey, dtype=np.uint8)
 
 
 def _minmax_uint8(arr: np.ndarray) -> np.ndarray:

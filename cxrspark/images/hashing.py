@@ -83,3 +83,29 @@ def band_values(h: int, bands: int) -> list[int]:
     """Integer value of each of `bands` contiguous bit bands of the unsigned 64-bit hash `h`."""
     u = to_unsigned64(h)
     return [(u >> shift) & ((1 << width) - 1) for shift, width in band_layout(bands)]
+
+
+THUMB_SIZE = 32
+
+
+def thumbnail(pixels: np.ndarray, size: int = THUMB_SIZE) -> bytes:
+    """A size x size uint8 greyscale thumbnail (bilinear), the evidence used to confirm near duplicates."""
+    img = Image.fromarray(np.ascontiguousarray(pixels, dtype=np.uint8))
+    return np.asarray(img.resize((size, size), Image.Resampling.BILINEAR), dtype=np.uint8).tobytes()
+
+
+def thumb_correlation(a: bytes, b: bytes) -> float:
+    """Pearson correlation of two thumbnails (1.0 = same picture up to brightness and contrast).
+
+    A 64-bit pHash alone confuses different chest X-rays (they all look alike at 8x8 DCT scale): on the
+    real development set, pairs of different patients' images come within 6 bits. A near duplicate
+    must therefore also have a thumbnail correlation above a threshold (see benchmarks/README.md).
+    """
+    x = np.frombuffer(a, dtype=np.uint8).astype(np.float64)
+    y = np.frombuffer(b, dtype=np.uint8).astype(np.float64)
+    x -= x.mean()
+    y -= y.mean()
+    den = float(np.sqrt((x * x).sum() * (y * y).sum()))
+    if den == 0.0:  # a flat thumbnail: only an identical flat one matches
+        return 1.0 if np.array_equal(x, y) else 0.0
+    return float((x * y).sum() / den)

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from cxrspark.images.decode import decode_image
-from cxrspark.images.hashing import phash, pixel_sha256
+from cxrspark.images.hashing import phash, pixel_sha256, thumbnail
 from cxrspark.images.transforms import apply_contrast, resize
 
 
@@ -25,6 +25,7 @@ class Prepared:
     orig_mode: str
     pixel_sha256: str
     phash: int
+    thumb: bytes  # 32x32 greyscale thumbnail of the decoded image (near-duplicate evidence)
 
 
 def prepare(data: bytes, *, size: int, resize_mode: str = "pad", contrast: str = "none",
@@ -44,4 +45,5 @@ def prepare(data: bytes, *, size: int, resize_mode: str = "pad", contrast: str =
         orig_mode=decoded.mode,
         pixel_sha256=pixel_sha256(pixels),
         phash=phash(pixels),
+        thumb=thumbnail(pixels),
     )

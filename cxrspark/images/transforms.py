@@ -26,7 +26,7 @@ def _scaled(pixels: np.ndarray, height: int, width: int) -> np.ndarray:
     shrinking = height < h or width < w
     out = Image.fromarray(pixels).resize((width, height), Image.Resampling.BILINEAR,
                                          reducing_gap=REDUCING_GAP if shrinking else None)
-    return np.asarray(out, dtype=np.uint8)
+    return np.array(out, dtype=np.uint8)
 
 
 def resize(pixels: np.ndarray, size: int, mode: str = "pad") -> np.ndarray:
@@ -56,13 +56,13 @@ def resize(pixels: np.ndarray, size: int, mode: str = "pad") -> np.ndarray:
         out[top:top + nh, left:left + nw] = scaled
         return out
     top, left = (nh - size) // 2, (nw - size) // 2
-    return np.ascontiguousarray(scaled[top:top + size, left:left + size])
+    return scaled[top:top + size, left:left + size].copy()
 
 
 def equalize(pixels: np.ndarray) -> np.ndarray:
     """Global histogram equalisation (Pillow's ImageOps.equalize)."""
     _check_grey(pixels)
-    return np.asarray(ImageOps.equalize(Image.fromarray(pixels)), dtype=np.uint8)
+    return np.array(ImageOps.equalize(Image.fromarray(pixels)), dtype=np.uint8)
 
 
 def clahe(pixels: np.ndarray, clip_limit: float = 0.01, tiles: int = 8) -> np.ndarray:

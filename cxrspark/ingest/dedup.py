@@ -3,10 +3,12 @@
 * exact duplicates: equal hash of the DECODED pixels (a PNG and its lossless re-encode match,
   byte-different files of the same picture match);
 * near duplicates (re-encoded, resized, slightly cropped copies): 64-bit DCT perceptual hashes within
-  ``threshold`` bits. Candidates come from pigeonhole banding: the hash is cut into ``threshold + 1``
-  bands, and two hashes within the threshold agree exactly on at least one band, so an equi-join on
-  (band, value) finds every pair within the threshold (recall 1 by construction) while comparing only
-  rows that share a bucket. Candidates are then checked with the exact Hamming distance.
+  ``threshold`` bits AND 32x32 thumbnails correlating at least ``min_correlation`` (pHash alone puts
+  different patients' chest X-rays within a few bits of each other). Candidates come from pigeonhole
+  banding: the hash is cut into ``threshold + 1`` bands, and two hashes within the threshold agree
+  exactly on at least one band, so an equi-join on (band, value) finds every pair within the threshold
+  (recall 1 by construction) while comparing only rows that share a bucket. Candidates are then
+  checked with the exact Hamming distance and the thumbnail correlation (a pandas UDF).
 
 Pairs become groups (connected components, on the driver: pairs are few); one representative per group
 is kept by a stated rule; groups whose members disagree on the label are returned as conflicts.
@@ -15,27 +17,36 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import pandas as pd
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
+from pyspark.sql.functions import pandas_udf
+from pyspark.sql.types import DoubleType
 
-from cxrspark.images.hashing import band_layout, hamming
+from cxrspark.images.hashing import band_layout, hamming, thumb_correlation
 from cxrspark.ingest.groups import connected_components
 
 KEEP_RULE = ("keep the member with the most original pixels (orig_height*orig_width); ties broken by "
              "the order of the sources in the config, then by record_id")
 
 
-def candidate_pairs(df: DataFrame, threshold: int, near: bool = True) -> DataFrame:
-    """Pairs (a < b) of duplicate rows: columns a, b, kind ('exact'|'near'), distance.
+@pandas_udf(DoubleType())
+def _correlation(a: pd.Series, b: pd.Series) -> pd.Series:
+    return pd.Series([thumb_correlation(x, y) for x, y in zip(a, b)], dtype="float64")
 
-    ``df`` needs record_id, pixel_sha256, phash.
+
+def candidate_pairs(df: DataFrame, threshold: int, min_correlation: float, near: bool = True) -> DataFrame:
+    """Pairs (a < b) of duplicate rows: columns a, b, kind ('exact'|'near'), distance, correlation.
+
+    ``df`` needs record_id, pixel_sha256, phash, thumb.
     """
     base = df.select("record_id", "pixel_sha256", "phash")
     l, r = base.alias("l"), base.alias("r")
     exact = (l.join(r, (F.col("l.pixel_sha256") == F.col("r.pixel_sha256"))
                     & (F.col("l.record_id") < F.col("r.record_id")))
              .select(F.col("l.record_id").alias("a"), F.col("r.record_id").alias("b"),
-                     F.lit("exact").alias("kind"), F.lit(0).alias("distance")))
+                     F.lit("exact").alias("kind"), F.lit(0).alias("distance"),
+                     F.lit(1.0).alias("correlation")))
     if not near:
         return exact
     bands = [F.struct(F.lit(i).alias("band"),
@@ -50,15 +61,20 @@ def candidate_pairs(df: DataFrame, threshold: int, near: bool = True) -> DataFra
             .select(F.col("l.record_id").alias("a"), F.col("r.record_id").alias("b"),
                     F.bit_count(F.col("l.phash").bitwiseXOR(F.col("r.phash"))).cast("int").alias("distance"))
             .dropDuplicates(["a", "b"])
-            .where(F.col("distance") <= threshold)
-            .withColumn("kind", F.lit("near"))
-            .select("a", "b", "kind", "distance"))
+            .where(F.col("distance") <= threshold))
+    thumbs = df.select("record_id", "thumb")
+    ta, tb = thumbs.alias("ta"), thumbs.alias("tb")
+    cand = (cand.join(ta, F.col("a") == F.col("ta.record_id")).join(tb, F.col("b") == F.col("tb.record_id"))
+            .withColumn("correlation", _correlation(F.col("ta.thumb"), F.col("tb.thumb")))
+            .where(F.col("correlation") >= min_correlation)
+            .select("a", "b", F.lit("near").alias("kind"), "distance", "correlation"))
     # a pair found both ways is exact
     both = exact.unionByName(cand)
     return (both.groupBy("a", "b")
-            .agg(F.min("distance").alias("distance"),
+            .agg(F.min("distance").alias("distance"), F.max("correlation").alias("correlation"),
                  F.min(F.when(F.col("kind") == "exact", 0).otherwise(1)).alias("_k"))
-            .select("a", "b", F.when(F.col("_k") == 0, "exact").otherwise("near").alias("kind"), "distance"))
+            .select("a", "b", F.when(F.col("_k") == 0, "exact").otherwise("near").alias("kind"),
+                    "distance", "correlation"))
 
 
 @dataclass
@@ -74,10 +90,10 @@ class DedupResult:
     pairs: int
 
 
-def resolve_groups(spark: SparkSession, decoded: DataFrame, pairs: list[tuple[str, str, str, int]],
+def resolve_groups(spark: SparkSession, decoded: DataFrame, pairs: list[tuple[str, str, str, int, float]],
                    source_order: list[str], threshold: int) -> DedupResult:
     """Groups from pairs, a representative per group, the report, label conflicts, patient links."""
-    comp = connected_components((a, b) for a, b, _, _ in pairs)
+    comp = connected_components((a, b) for a, b, *_ in pairs)
     members = sorted(comp)
     if not members:
         return DedupResult({}, [], {}, [], 0)
@@ -86,11 +102,11 @@ def resolve_groups(spark: SparkSession, decoded: DataFrame, pairs: list[tuple[st
                          "orig_height", "orig_width", "pixel_sha256", "phash").collect())
     info = {r["record_id"]: r.asDict() for r in info_rows}
     edges: dict[str, list[str]] = {}
-    for a, b, kind, dist in pairs:
-        ev_a = f"{kind} {b}" + (f" (phash distance {dist})" if kind == "near" else " (same decoded pixels)")
-        ev_b = f"{kind} {a}" + (f" (phash distance {dist})" if kind == "near" else " (same decoded pixels)")
-        edges.setdefault(a, []).append(ev_a)
-        edges.setdefault(b, []).append(ev_b)
+    for a, b, kind, dist, corr in pairs:
+        why = (f" (phash distance {dist}, thumbnail correlation {corr:.3f})" if kind == "near"
+               else " (same decoded pixels)")
+        edges.setdefault(a, []).append(f"{kind} {b}{why}")
+        edges.setdefault(b, []).append(f"{kind} {a}{why}")
     order = {name: i for i, name in enumerate(source_order)}
     groups: dict[str, list[str]] = {}
     for rid, root in comp.items():

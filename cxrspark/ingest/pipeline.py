@@ -69,8 +69,9 @@ def _run(spark: SparkSession, cfg: Config, out: AtomicDir, log: Callable[[str], 
     bad = decoded.where(F.col("decode_error").isNotNull())
     ok = decoded.where(F.col("decode_error").isNull())
 
-    pairs = [(r["a"], r["b"], r["kind"], r["distance"])
-             for r in candidate_pairs(ok, ing.dedup.phash_threshold, ing.dedup.near).collect()]
+    pairs = [(r["a"], r["b"], r["kind"], r["distance"], r["correlation"])
+             for r in candidate_pairs(ok, ing.dedup.phash_threshold, ing.dedup.min_correlation,
+                                      ing.dedup.near).collect()]
     dd = resolve_groups(spark, ok, pairs, [s.name for s in cfg.sources], ing.dedup.phash_threshold)
     dropped = {r["record_id"]: r for r in dd.report}
 
@@ -161,6 +162,7 @@ def _run(spark: SparkSession, cfg: Config, out: AtomicDir, log: Callable[[str], 
         "classes": ing.classes,
         "dedup": {"pairs": dd.pairs, "groups": len({g for g, _ in dd.membership.values()}),
                   "linked_patient_keys": len(dd.patient_links), "threshold": ing.dedup.phash_threshold,
+                  "min_correlation": ing.dedup.min_correlation,
                   "keep_rule": KEEP_RULE},
         "source_problems": source_problems,
         "dataset_hash": dataset_hash,

@@ -39,7 +39,7 @@ def prepare_one(path: str, *, size: int, resize_mode: str, contrast: str, max_pi
         "image": p.image.tobytes(), "height": int(p.image.shape[0]), "width": int(p.image.shape[1]),
         "orig_height": int(p.orig_height), "orig_width": int(p.orig_width),
         "orig_format": p.orig_format, "orig_mode": p.orig_mode,
-        "pixel_sha256": p.pixel_sha256, "phash": int(p.phash), "decode_error": None,
+        "pixel_sha256": p.pixel_sha256, "phash": int(p.phash), "thumb": p.thumb, "decode_error": None,
     }
 
 
