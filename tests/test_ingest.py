@@ -1,0 +1,171 @@
+"""The whole ingest on a real SparkSession: generated fixture trees of every layout, then the real data."""
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from cxrspark.config import load_config
+from cxrspark.ingest.pipeline import run_ingest
+from cxrspark.sample import make_sample_tree, sources_config
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _config(tmp: Path, sources: list[dict], output: Path, *overrides: str):
+    f = tmp / "sources.yaml"
+    f.write_text(yaml.safe_dump({"sources": sources}))
+    return load_config([REPO / "conf/ingest.yaml", f],
+                       [f"ingest.output={output}", "ingest.image_size=64", *overrides])
+
+
+def _read(out: Path, name: str) -> pd.DataFrame:
+    return pd.read_parquet(out / name)
+
+
+def _curated(out: Path, splits=("train", "val", "test")) -> pd.DataFrame:
+    return pd.concat([_read(out, f"curated/{s}") for s in splits], ignore_index=True)
+
+
+@pytest.fixture(scope="module")
+def sample(spark, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("ingest")
+    manifest = make_sample_tree(tmp / "raw", seed=0)
+    cfg = _config(tmp, sources_config(manifest), tmp / "out")
+    summary = run_ingest(spark, cfg, log=lambda _: None)
+    return {"tmp": tmp, "manifest": manifest, "summary": summary, "out": tmp / "out", "cfg": cfg}
+
+
+def test_every_planted_outcome_has_its_exact_count(sample):
+    exp, counts = sample["manifest"]["expected"], sample["summary"]["counts"]
+    assert counts == {"curated": exp["curated"], "filtered": exp["filtered"],
+                      "duplicate": exp["duplicates"], "quarantined": exp["quarantined"]}
+    assert sum(counts.values()) == exp["rows"] == sample["summary"]["input_rows"]
+    reasons = Counter()
+    for name in ("quarantine", "filtered"):
+        reasons.update(_read(sample["out"], name)["reason"].str.split(":").str[0])
+    assert dict(reasons) == sample["manifest"]["expected_reasons"]
+    assert "(exact)" in sample["summary"]["reconciliation"]
+
+
+def test_quarantine_rows_keep_the_row_and_say_why(sample):
+    q = _read(sample["out"], "quarantine")
+    assert q["reason"].notna().all() and (q["reason"].str.len() > 5).all()
+    assert set(q["stage"]) == {"metadata", "decode", "dedup"}
+    traversal = q[q["reason"].str.startswith("path_outside_root")]
+    assert len(traversal) == 1 and "etc/passwd" in traversal["source_path"].iloc[0]
+    assert q["record_id"].is_unique
+
+
+def test_curated_parquet_is_petastorm_readable_and_consistent(sample):
+    from petastorm import make_batch_reader
+
+    out = sample["out"]
+    classes = sample["cfg"].ingest.classes
+    rows = 0
+    with make_batch_reader(f"file://{out}/curated/train", num_epochs=1, workers_count=1) as reader:
+        for batch in reader:
+            for img, h, w, label, idx in zip(batch.image, batch.height, batch.width, batch.label,
+                                             batch.label_index):
+                assert len(img) == h * w == 64 * 64
+                assert classes[idx] == label
+                rows += 1
+    cur = _curated(out)
+    assert rows == (cur["split"] == "train").sum() > 0
+    img = np.frombuffer(cur["image"].iloc[0], dtype=np.uint8).reshape(64, 64)
+    assert img.std() > 0  # real pixels, not an empty buffer
+    assert cur["record_id"].is_unique and cur["pixel_sha256"].is_unique
+    assert cur["patient_key"].str.match(r"^[a-z0-9_]+:.+").all()
+    assert set(cur["label"]) == set(classes)
+
+
+def test_no_patient_or_duplicate_group_straddles_splits(sample):
+    cur = _curated(sample["out"])
+    assert cur.groupby("patient_key")["split"].nunique().max() == 1
+    assert cur.groupby("split_group")["split"].nunique().max() == 1
+    dups = _read(sample["out"], "duplicates")
+    # the dropped copy's patient is split with the kept copy's patient
+    kept = cur.set_index("record_id")
+    for _, d in dups.iterrows():
+        assert d["duplicate_of"] in kept.index
+        others = cur[cur["patient_key"] == d["patient_key"]]
+        assert (others["split"] == kept.loc[d["duplicate_of"], "split"]).all()
+    # a cross-source copy links two patient keys into one split group
+    cross = dups[dups["patient_key"] != dups["kept_patient_key"]]
+    assert len(cross) >= 1
+    assert set(cur["split"]) == {"train", "val", "test"}
+
+
+def test_dedup_report_lists_every_dropped_row_with_evidence(sample):
+    dups = _read(sample["out"], "duplicates")
+    assert len(dups) == sample["manifest"]["expected"]["duplicates"]
+    assert set(dups["kind"]) == {"exact", "near"}
+    assert (dups.loc[dups["kind"] == "exact", "distance_to_kept"] == 0).all()
+    near = dups[dups["kind"] == "near"]
+    assert (near["distance_to_kept"] <= near["threshold"]).all()
+    assert dups["evidence"].str.contains(r"phash distance|same decoded pixels").all()
+    assert dups["keep_rule"].str.contains("most original pixels").all()
+
+
+def test_same_input_same_output_and_rerun_replaces_atomically(sample, spark):
+    out = sample["out"]
+    before = _curated(out).sort_values("record_id").reset_index(drop=True)
+    summary = run_ingest(spark, sample["cfg"], log=lambda _: None)  # same output folder again
+    after = _curated(out).sort_values("record_id").reset_index(drop=True)
+    assert summary["dataset_hash"] == sample["summary"]["dataset_hash"]
+    pd.testing.assert_frame_equal(before, after)
+    assert not list(out.parent.glob("out.incomplete-*")) and not list(out.parent.glob("out.old-*"))
+
+
+def test_a_failed_run_leaves_the_previous_output_untouched(sample, spark):
+    out = sample["out"]
+    stamp = json.loads((out / "summary.json").read_text())["dataset_hash"]
+
+    def fail(_msg: str) -> None:
+        raise RuntimeError("simulated crash in the middle of ingest")
+
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        run_ingest(spark, sample["cfg"], log=fail)
+    assert json.loads((out / "summary.json").read_text())["dataset_hash"] == stamp
+    assert not list(out.parent.glob("out.incomplete-*"))
+
+
+def test_ratios_and_image_options_change_the_output(sample, spark):
+    tmp = sample["tmp"]
+    cfg = _config(tmp, sources_config(sample["manifest"]), tmp / "out2",
+                  "ingest.split.ratios={train: 0.8, test: 0.2}", "ingest.contrast=clahe",
+                  "ingest.resize_mode=crop", "ingest.image_size=32")
+    summary = run_ingest(spark, cfg, log=lambda _: None)
+    assert set(summary["splits"]) == {"train", "test"}
+    cur = _curated(tmp / "out2", ("train", "test"))
+    assert (cur["height"] == 32).all() and (cur["image"].map(len) == 32 * 32).all()
+    assert summary["counts"]["curated"] == sample["summary"]["counts"]["curated"]
+
+
+@pytest.mark.realdata
+@pytest.mark.slow
+def test_the_real_data_ingests_with_no_leak_and_every_row_accounted(spark, real_data, tmp_path):
+    sources = [s for s in yaml.safe_load((REPO / "conf/sources-devdata.yaml").read_text())["sources"]]
+    for s in sources:
+        s["root"] = str(real_data / Path(s["root"]).name)
+    cfg = _config(tmp_path, sources, tmp_path / "real", "ingest.image_size=64")
+    summary = run_ingest(spark, cfg, log=lambda _: None)
+    counts = summary["counts"]
+    assert summary["input_rows"] == 484 + 8 + 6 + 6 + 925 + 503
+    assert sum(counts.values()) == summary["input_rows"]
+    filtered = _read(tmp_path / "real", "filtered")["reason"].str.split(":").str[0].value_counts()
+    assert filtered["modality"] == 12 and filtered["lateral_view"] == 13
+    cur = _curated(tmp_path / "real")
+    assert cur.groupby("patient_key")["split"].nunique().max() == 1
+    assert cur.groupby("split_group")["split"].nunique().max() == 1
+    assert cur["pixel_sha256"].is_unique  # no exact duplicate survives
+    groups = cur.dropna(subset=["dup_group"]).groupby("dup_group")
+    assert len(groups) > 0 and groups["split"].nunique().max() == 1
+    # the darkcovidnet COVID-19 folder re-publishes Cohen images: many are found as duplicates
+    dups = _read(tmp_path / "real", "duplicates")
+    assert ((dups["source"] == "darkcovidnet") & (dups["kept_source"] == "cohen")).sum() >= 50
