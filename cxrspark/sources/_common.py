@@ -1,6 +1,7 @@
 """Small helpers shared by the built-in adapters (not part of the adapter contract)."""
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from cxrspark.schema import SourceRecord
@@ -15,6 +16,16 @@ def text(value: Any) -> str:
 def text_or_none(value: Any) -> str | None:
     out = text(value)
     return out or None
+
+
+def under(folder: str, name: str) -> str:
+    """The metadata's relative path of ``name`` in ``folder``; an absolute name stays absolute (and is refused
+    by :meth:`SourceAdapter.resolve`)."""
+    name = str(name).strip()
+    folder = str(folder or "").strip().rstrip("/\\")
+    if not folder or os.path.isabs(name) or name.startswith(("/", "\\")):
+        return name
+    return f"{folder}/{name}"
 
 
 def extras(row: dict[str, Any], columns: dict[str, str]) -> dict[str, str]:

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 
 from cxrspark.labels import normalise_finding
 from cxrspark.schema import SourceRecord
-from cxrspark.sources._common import extras, text, text_or_none, unreadable_row
+from cxrspark.sources._common import extras, text, text_or_none, under, unreadable_row
 from cxrspark.sources.base import (SourceAdapter, normalise_modality, normalise_sex, normalise_view,
                                    parse_age, register)
 
@@ -35,7 +35,7 @@ class CohenAdapter(SourceAdapter):
                 continue
             folder = text(row.get("folder")) or self.options["image_dir"]
             filename = text(row.get("filename"))
-            source_path = f"{folder}/{filename}" if filename else ""
+            source_path = under(folder, filename) if filename else ""
             path, error = self.resolve(source_path) if filename else (None, "missing_file: empty filename")
             finding = row.get("finding") or ""
             patient = text(row.get("patientid")) or f"unknown-L{lineno}"

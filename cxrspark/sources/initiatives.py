@@ -17,7 +17,7 @@ from typing import ClassVar
 
 from cxrspark.labels import normalise_finding
 from cxrspark.schema import SourceRecord
-from cxrspark.sources._common import extras, text, unreadable_row
+from cxrspark.sources._common import extras, text, under, unreadable_row
 from cxrspark.sources.base import (SourceAdapter, normalise_modality, normalise_sex, normalise_view,
                                    parse_age, register)
 
@@ -52,7 +52,7 @@ class InitiativeAdapter(SourceAdapter):
             name = text(row.get(column))
             if not name:
                 return "", None, f"missing_file: empty {column!r}"
-            source_path = f"{image_dir}/{name}" if image_dir else name
+            source_path = under(image_dir, name)
             path, error = self.resolve(source_path)
             return source_path, path, error
         if not patient:
