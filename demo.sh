@@ -6,4 +6,4 @@ cd "$(dirname "${BASH_SOURCE[0]}")"
 ./setup.sh
 .venv/bin/python jobs/make_sample.py out/demo/raw
 ./spark-submit.sh jobs/ingest.py --config conf/ingest.yaml --config conf/demo-sources.yaml \
-    --set ingest.output=out/demo/curated "$@"
+    --set ingest.output=out/demo/dataset "$@"

@@ -31,6 +31,7 @@ done
 job="$1"; shift
 
 export CXRSPARK_SUBMIT_MASTER="$master"
+opts=(--driver-java-options "-Dlog4j2.configurationFile=file:$here/conf/log4j2.properties" "${opts[@]}")
 export SPARK_HOME="${SPARK_HOME:-$("$venv/bin/python" -c 'import os, pyspark; print(os.path.dirname(pyspark.__file__))')}"
 export PATH="$venv/bin:$PATH"
 
