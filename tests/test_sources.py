@@ -421,3 +421,9 @@ def test_real_kermany(real_data):
     both = [k for k, v in kinds.items() if v == {"bacteria", "virus"}]
     assert both, "the snapshot has persons with both bacteria and virus images"
     assert all(re.fullmatch(r"kermany:(NORMAL2-)?IM-\d+", r.patient_key) for r in recs if r.label == NORMAL)
+
+
+def test_parse_age_reads_years_and_dicom_units():
+    from cxrspark.sources.base import parse_age
+    assert [parse_age(x) for x in ("65", "67+", "065Y", "018M", "030W", "42.0", "", None, "abc", "200")] == \
+        [65, 67, 65, 1, 0, 42, None, None, None, None]

@@ -196,11 +196,13 @@ def normalise_sex(raw: str | None) -> str | None:
 
 
 def parse_age(raw: Any) -> int | None:
-    """Years from '65', '67+', '065Y', 42.0; None when absent or implausible."""
-    m = re.match(r"\s*0*(\d{1,3})(?:\.\d*)?\s*[+Yy]?", str(raw or ""))
+    """Whole years from '65', '67+', '065Y', 42.0, and DICOM ages in months/weeks/days ('006M' -> 0);
+    None when absent or implausible."""
+    m = re.match(r"\s*0*(\d{1,3})(?:\.\d*)?\s*([+YyMmWwDd]?)", str(raw or ""))
     if not m:
         return None
-    age = int(m.group(1))
+    per_year = {"m": 12, "w": 52, "d": 365}.get(m.group(2).lower(), 1)
+    age = int(m.group(1)) // per_year
     return age if 0 <= age <= 120 else None
 
 
