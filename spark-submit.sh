@@ -64,5 +64,7 @@ if [ "${CXRSPARK_SHIP_ENV:-1}" = "1" ]; then
   export PYSPARK_PYTHON=./environment/bin/python
 fi
 export PYSPARK_DRIVER_PYTHON="$venv/bin/python"
+# client mode: the driver runs here, with .venv (spark.pyspark.python alone would apply to it too)
+ship+=(--conf "spark.pyspark.driver.python=$venv/bin/python")
 exec "$venv/bin/spark-submit" --master "$master" "${ship[@]}" --py-files "$here/dist/cxrspark.zip" \
      "${opts[@]}" "$job" "$@"

@@ -57,6 +57,8 @@ def _run(spark: SparkSession, cfg: Config, out: AtomicDir, log: Callable[[str], 
     rows, source_problems = read_sources(cfg.sources)
     n_input = len(rows)
     log(f"ingest: {n_input} input rows from {len([s for s in cfg.sources if s.enabled])} sources")
+    for problem in source_problems:
+        log(f"ingest: WARNING source {problem['source']!r} could not be read: {problem['error']}")
     outcome, reason = metadata_outcome(cfg)
     classified = to_frame(spark, rows).withColumn("outcome", outcome).withColumn("reason", reason)
     early = classified.where(F.col("outcome").isNotNull()).withColumn("stage", F.lit("metadata"))
