@@ -250,3 +250,21 @@ def test_sources_config(sample):
     assert [c["name"] for c in config] == [n for n, _ in SOURCES]
     assert all(set(c) == {"name", "kind", "root", "options"} and Path(c["root"]).is_dir() for c in config)
     assert all(Path(c["root"]).parent == root for c in config)
+
+
+def test_every_adapter_derives_label_and_keys_through_the_one_mapping(tmp_path):
+    """Labels come only from labels.normalise_finding of the kept finding; ids and patient keys are
+    namespaced by the source name (SourceAdapter.record)."""
+    from cxrspark.labels import normalise_finding
+    from cxrspark.sample import make_sample_tree, sources_config
+    from cxrspark.sources import make_adapter
+
+    manifest = make_sample_tree(tmp_path / "raw", seed=0)
+    kinds = set()
+    for s in sources_config(manifest):
+        for rec in make_adapter(s["kind"], s["name"], s["root"], s["options"]).records():
+            kinds.add(s["kind"])
+            assert rec.label == normalise_finding(rec.finding), rec
+            assert rec.record_id.startswith(f"{s['name']}:") and rec.patient_key.startswith(f"{s['name']}:")
+            assert rec.source == s["name"]
+    assert len(kinds) == 8

@@ -44,14 +44,6 @@ def unreadable_row(adapter: SourceAdapter, lineno: int, error: str, metadata: st
     Nothing of the row is known, so its patient key is unique to the row (it can never group with
     another row) and its path is None; the pipeline quarantines it with ``error``.
     """
-    return SourceRecord(
-        record_id=f"{adapter.name}:L{lineno}",
-        source=adapter.name,
-        source_path="",
-        path=None,
-        label=None,
-        finding="",
-        patient_key=adapter.key(f"unknown-L{lineno}"),
-        provenance={"metadata": metadata, "line": lineno},
-        error=error,
-    )
+    return adapter.record(f"L{lineno}", source_path="", path=None, finding="",
+                          patient_id=f"unknown-L{lineno}", provenance={"metadata": metadata, "line": lineno},
+                          error=error)

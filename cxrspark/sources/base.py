@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, ClassVar
 
+from cxrspark.labels import normalise_finding
 from cxrspark.schema import FRONTAL_VIEWS, LATERAL_VIEWS, UNKNOWN_VIEW, SourceRecord
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".dcm", ".dicom")
@@ -101,6 +102,15 @@ class SourceAdapter(ABC):
 
     def key(self, patient_id: str) -> str:
         return f"{self.name}:{patient_id}"
+
+    def record(self, row_id: str, *, source_path: str, path: str | None, finding: str, patient_id: str,
+               error: str | None = None, **fields: Any) -> SourceRecord:
+        """A SourceRecord of this source. The derived fields are made here and only here: the record id
+        and patient key are namespaced by the source name, and the label always comes from
+        :func:`cxrspark.labels.normalise_finding` of the original finding, which is kept verbatim."""
+        return SourceRecord(record_id=f"{self.name}:{row_id}", source=self.name, source_path=source_path,
+                            path=path, label=normalise_finding(finding), finding=finding,
+                            patient_key=self.key(patient_id), error=error, **fields)
 
     def list_images(self, folder: Path) -> list[Path]:
         """Image files under ``folder``, recursively, in a stable (sorted) order."""

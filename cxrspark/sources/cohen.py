@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from cxrspark.labels import normalise_finding
 from cxrspark.schema import SourceRecord
 from cxrspark.sources._common import extras, text, text_or_none, under, unreadable_row
 from cxrspark.sources.base import (SourceAdapter, normalise_modality, normalise_sex, normalise_view,
@@ -42,14 +41,12 @@ class CohenAdapter(SourceAdapter):
             provenance = {"metadata": metadata, "line": lineno, "view_raw": row.get("view", ""),
                           "modality_raw": row.get("modality", ""),
                           **extras(row, _PROVENANCE_COLUMNS)}
-            yield SourceRecord(
-                record_id=f"{self.name}:L{lineno}",
-                source=self.name,
+            yield self.record(
+                f"L{lineno}",
                 source_path=source_path,
                 path=path,
-                label=normalise_finding(finding),
                 finding=finding,
-                patient_key=self.key(patient),
+                patient_id=patient,
                 view=normalise_view(row.get("view")),
                 modality=normalise_modality(row.get("modality")),
                 sex=normalise_sex(row.get("sex")),

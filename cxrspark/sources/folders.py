@@ -24,7 +24,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
-from cxrspark.labels import normalise_finding
 from cxrspark.schema import SourceRecord
 from cxrspark.sources.base import SourceAdapter, SourceError, register
 
@@ -65,14 +64,12 @@ class ClassFolderAdapter(SourceAdapter):
             patient, finding, extra = self.describe(image, cls)
             provenance = {"class_folder": cls.folder.relative_to(self.root).as_posix(), **cls.provenance,
                           **extra}
-            yield SourceRecord(
-                record_id=f"{self.name}:{rel}",
-                source=self.name,
+            yield self.record(
+                rel,
                 source_path=rel,
                 path=path,
-                label=normalise_finding(finding),
                 finding=finding,
-                patient_key=self.key(patient),
+                patient_id=patient,
                 license=self.license,
                 provenance=provenance,
                 error=error,

@@ -15,7 +15,6 @@ import re
 from collections.abc import Iterator
 from typing import ClassVar
 
-from cxrspark.labels import normalise_finding
 from cxrspark.schema import SourceRecord
 from cxrspark.sources._common import extras, text, under, unreadable_row
 from cxrspark.sources.base import (SourceAdapter, normalise_modality, normalise_sex, normalise_view,
@@ -79,14 +78,12 @@ class InitiativeAdapter(SourceAdapter):
             finding = row.get("finding") or ""
             provenance = {"metadata": metadata, "line": lineno, "patientid": image_id,
                           "view_raw": row.get("view", ""), **extras(row, _PROVENANCE_COLUMNS)}
-            yield SourceRecord(
-                record_id=f"{self.name}:L{lineno}",
-                source=self.name,
+            yield self.record(
+                f"L{lineno}",
                 source_path=source_path,
                 path=path,
-                label=normalise_finding(finding),
                 finding=finding,
-                patient_key=self.key(patient or f"unknown-L{lineno}"),
+                patient_id=patient or f"unknown-L{lineno}",
                 view=normalise_view(row.get("view")),
                 modality=normalise_modality(row.get("modality")),
                 sex=normalise_sex(row.get("sex")),

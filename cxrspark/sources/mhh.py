@@ -7,7 +7,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from cxrspark.labels import normalise_finding
 from cxrspark.schema import SourceRecord
 from cxrspark.sources._common import extras, text, unreadable_row
 from cxrspark.sources.base import (SourceAdapter, normalise_modality, normalise_sex, normalise_view,
@@ -40,14 +39,12 @@ class MhhAdapter(SourceAdapter):
                 path, error = self.resolve(source_path)
             else:
                 source_path, path, error = "", None, "missing_file: empty image_id"
-            yield SourceRecord(
-                record_id=f"{self.name}:L{lineno}",
-                source=self.name,
+            yield self.record(
+                f"L{lineno}",
                 source_path=source_path,
                 path=path,
-                label=normalise_finding(FINDING),
                 finding=FINDING,
-                patient_key=self.key(text(row.get("patient_id")) or f"unknown-L{lineno}"),
+                patient_id=text(row.get("patient_id")) or f"unknown-L{lineno}",
                 view=normalise_view(row.get("projection")),
                 modality=normalise_modality(row.get("modality")),
                 sex=normalise_sex(row.get("sex")),

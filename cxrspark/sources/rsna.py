@@ -15,7 +15,6 @@ import warnings
 from collections.abc import Iterator
 from typing import Any
 
-from cxrspark.labels import normalise_finding
 from cxrspark.schema import UNKNOWN_VIEW, SourceRecord
 from cxrspark.sources._common import text, unreadable_row
 from cxrspark.sources.base import (SourceAdapter, normalise_modality, normalise_sex,
@@ -139,14 +138,12 @@ class RsnaAdapter(SourceAdapter):
                 provenance["view_raw"] = header["ViewPosition"]
             if header.get("PhotometricInterpretation"):
                 provenance["photometric"] = header["PhotometricInterpretation"]
-        return SourceRecord(
-            record_id=f"{self.name}:L{entry['line']}",
-            source=self.name,
+        return self.record(
+            f"L{entry['line']}",
             source_path=source_path,
             path=path,
-            label=normalise_finding(finding),
             finding=finding,
-            patient_key=self.key(pid),
+            patient_id=pid,
             view=view,
             modality=modality,
             sex=sex,
