@@ -88,11 +88,118 @@ class SparkConfig:
     conf: dict[str, str] = field(default_factory=dict)
 
 
+#: augmentation presets (the source studies' settings); a preset fills every AugmentConfig value
+#: that is left unset. Angles in degrees, shift/zoom/brightness/contrast as fractions.
+AUGMENT_PRESETS: dict[str, dict[str, Any]] = {
+    "none": {"rotation": 0.0, "shift": 0.0, "zoom": 0.0, "brightness": 0.0, "contrast": 0.0,
+             "horizontal_flip": False},
+    "light": {"rotation": 5.0, "shift": 0.05, "zoom": 0.10, "brightness": 0.0, "contrast": 0.0,
+              "horizontal_flip": False},
+    "strong": {"rotation": 10.0, "shift": 0.10, "zoom": 0.15, "brightness": 0.10, "contrast": 0.10,
+               "horizontal_flip": False},
+}
+
+
+@dataclass
+class AugmentConfig:
+    #: none | light (rotation 5, shift 5%, zoom 10%) | strong (rotation 10, shift 10%, zoom 15%,
+    #: brightness and contrast 10%); any value below that is set overrides the preset
+    preset: str = "light"
+    rotation: float | None = None
+    shift: float | None = None
+    zoom: float | None = None
+    brightness: float | None = None
+    contrast: float | None = None
+    #: off in every preset: the chest is not left-right symmetric
+    horizontal_flip: bool | None = None
+
+    def resolved(self) -> dict[str, Any]:
+        values = dict(AUGMENT_PRESETS[self.preset])
+        for k in values:
+            if getattr(self, k) is not None:
+                values[k] = getattr(self, k)
+        return values
+
+
+@dataclass
+class ScheduleConfig:
+    """Three stages: linear warm-up from the single-worker rate to rate x workers, a plateau, then
+    a step decay by ``decay_factor`` at each epoch in ``decay_epochs``."""
+    warmup_epochs: int = 3
+    decay_epochs: list[int] = field(default_factory=lambda: [15, 25])
+    decay_factor: float = 0.1
+
+
+@dataclass
+class EarlyStoppingConfig:
+    enabled: bool = True
+    monitor: str = "val_loss"
+    patience: int = 8
+    min_delta: float = 0.01
+    restore_best_weights: bool = True
+
+
+@dataclass
+class ImbalanceConfig:
+    #: weight each class's loss by n / (n_classes * n_class) of the training split
+    class_weights: bool = True
+    #: class -> fraction of every batch drawn from that class (minority oversampling), e.g.
+    #: {COVID-19: 0.3}; the rest of each batch is drawn from the other classes in their natural mix
+    oversample: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class MlflowConfig:
+    #: None: $MLFLOW_TRACKING_URI if set, else sqlite:///<absolute train.output>/../mlflow/mlflow.db
+    tracking_uri: str | None = None
+    experiment: str = "cxrspark"
+    run_name: str | None = None
+    log_model: bool = True
+
+
+@dataclass
+class TrainConfig:
+    #: an ingest output folder (the one holding summary.json and curated/)
+    dataset: str = "out/dataset"
+    #: checkpoints and the run's state live here; --resume continues from it
+    output: str = "out/train"
+    #: seed_cnn | darkcovidnet | vgg_dcnn | transfer:<Backbone> (see cxrspark/train/models.py)
+    model: str = "seed_cnn"
+    #: transfer models: none | imagenet (downloads) | a local weights file
+    weights: str = "none"
+    #: transfer models: unfreeze the top N layers of the backbone (0: frozen base)
+    fine_tune_layers: int = 0
+    epochs: int = 30
+    #: per Horovod rank; the global batch is batch_size x ranks
+    batch_size: int = 32
+    #: adam | sgd (with momentum)
+    optimizer: str = "adam"
+    #: single-worker rate; Horovod scales it by the number of ranks after warm-up
+    learning_rate: float = 0.001
+    momentum: float = 0.9
+    label_smoothing: float = 0.1
+    shuffle_buffer: int = 1024
+    seed: int = 42
+    #: cap the steps of an epoch (None: one pass over the training split per epoch)
+    steps_per_epoch: int | None = None
+    train_split: str = "train"
+    val_split: str = "val"
+    test_split: str = "test"
+    #: petastorm reader threads per rank
+    reader_workers: int = 2
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
+    imbalance: ImbalanceConfig = field(default_factory=ImbalanceConfig)
+    mlflow: MlflowConfig = field(default_factory=MlflowConfig)
+
+
 @dataclass
 class Config:
     sources: list[SourceConfig] = field(default_factory=list)
     ingest: IngestConfig = field(default_factory=IngestConfig)
     spark: SparkConfig = field(default_factory=SparkConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
 
 
 _CHOICES = {
@@ -100,6 +207,9 @@ _CHOICES = {
     "ingest.contrast": ("none", "equalize", "clahe"),
     "ingest.segmentation": ("none",),
     "ingest.dedup.keep": ("largest",),
+    "train.optimizer": ("adam", "sgd"),
+    "train.augment.preset": tuple(AUGMENT_PRESETS),
+    "train.early_stopping.monitor": ("val_loss", "val_accuracy"),
 }
 
 
@@ -256,10 +366,44 @@ def _validate(cfg: Config) -> None:
     unknown = [c for c in ing.classes if c not in CLASSES]
     if unknown:
         raise ConfigError(f"'ingest.classes' has unknown classes {unknown}; known: {list(CLASSES)}")
+    _validate_train(cfg.train)
     names = [s.name for s in cfg.sources]
     if len(set(names)) != len(names):
         raise ConfigError(f"source names must be unique: {names}")
 
 
+def _validate_train(tr: TrainConfig) -> None:
+    from cxrspark.labels import CLASSES
+    if tr.epochs < 1 or tr.batch_size < 1:
+        raise ConfigError("'train.epochs' and 'train.batch_size' must be at least 1")
+    if tr.steps_per_epoch is not None and tr.steps_per_epoch < 1:
+        raise ConfigError("'train.steps_per_epoch' must be at least 1 (or null)")
+    if not 0.0 <= tr.label_smoothing < 1.0:
+        raise ConfigError("'train.label_smoothing' must be in [0, 1)")
+    if tr.learning_rate <= 0:
+        raise ConfigError("'train.learning_rate' must be positive")
+    a = tr.augment.resolved()
+    for k in ("shift", "zoom", "brightness", "contrast"):
+        if not 0.0 <= a[k] < 1.0:
+            raise ConfigError(f"'train.augment.{k}' must be a fraction in [0, 1), not {a[k]}")
+    if not 0.0 <= a["rotation"] <= 180.0:
+        raise ConfigError("'train.augment.rotation' is in degrees, between 0 and 180")
+    over = tr.imbalance.oversample
+    bad = [c for c in over if c not in CLASSES]
+    if bad:
+        raise ConfigError(f"'train.imbalance.oversample' names unknown classes {bad}; known: {list(CLASSES)}")
+    if any(not 0.0 < v < 1.0 for v in over.values()) or sum(over.values()) >= 1.0:
+        raise ConfigError(f"'train.imbalance.oversample' fractions must be in (0, 1) and sum below 1: {over}")
+    if sorted(tr.schedule.decay_epochs) != tr.schedule.decay_epochs or tr.schedule.warmup_epochs < 0:
+        raise ConfigError("'train.schedule.decay_epochs' must be ascending and warmup_epochs >= 0")
+
+
 def to_dict(cfg: Any) -> dict[str, Any]:
     return dataclasses.asdict(cfg)
+
+
+def config_from_dict(data: dict[str, Any]) -> Config:
+    """The inverse of :func:`to_dict` (used to ship a config to Spark-launched Horovod ranks)."""
+    cfg = _build(Config, data, "", {})
+    _validate(cfg)
+    return cfg

@@ -1,0 +1,1 @@
+"""Metrics, reports and explanations of trained models (numpy/pandas; no Spark)."""

@@ -1,0 +1,122 @@
+"""MLflow: where runs go and how results are logged (called from Horovod rank 0 only).
+
+The tracking URI is, in order: the configured ``train.mlflow.tracking_uri``, ``$MLFLOW_TRACKING_URI``,
+else a sqlite store beside the training output (``<train.output>/../mlflow/mlflow.db``) with its
+artifacts in ``.../mlflow/artifacts``. Look at runs with::
+
+    mlflow ui --backend-store-uri sqlite:////abs/path/out/mlflow/mlflow.db
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+
+def tracking_uri(configured: str | None, train_output: str | Path) -> str:
+    if configured:
+        return configured
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return os.environ["MLFLOW_TRACKING_URI"]
+    return f"sqlite:///{default_store(train_output) / 'mlflow.db'}"
+
+
+def default_store(train_output: str | Path) -> Path:
+    return Path(train_output).resolve().parent / "mlflow"
+
+
+def start_run(uri: str, experiment: str, train_output: str | Path, *, run_id: str | None = None,
+              run_name: str | None = None):
+    """Open (or re-open, when resuming) the run; a new experiment in the default local store keeps
+    its artifacts beside the database."""
+    import mlflow
+
+    if uri.startswith("sqlite:///"):
+        Path(uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+    mlflow.set_tracking_uri(uri)
+    if run_id:
+        return mlflow.start_run(run_id=run_id)
+    if mlflow.get_experiment_by_name(experiment) is None:
+        location = None
+        if uri == f"sqlite:///{default_store(train_output) / 'mlflow.db'}":
+            location = (default_store(train_output) / "artifacts").as_uri()
+        mlflow.create_experiment(experiment, artifact_location=location)
+    mlflow.set_experiment(experiment)
+    return mlflow.start_run(run_name=run_name)
+
+
+def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and v:
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def log_params(params: dict[str, Any]) -> None:
+    import mlflow
+
+    mlflow.log_params({k: (str(v) if v is not None else "null")[:6000] for k, v in flatten(params).items()})
+
+
+def confusion_figure(cm: np.ndarray, classes: list[str], title: str):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(4.8, 4.2), dpi=120)
+    ax.imshow(cm, cmap="Blues")
+    ax.set_xticks(range(len(classes)), classes, rotation=30, ha="right")
+    ax.set_yticks(range(len(classes)), classes)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title)
+    peak = cm.max() if cm.size else 0
+    for i in range(cm.shape[0]):
+        for j in range(cm.shape[1]):
+            ax.text(j, i, str(cm[i, j]), ha="center", va="center",
+                    color="white" if peak and cm[i, j] > peak / 2 else "black")
+    fig.tight_layout()
+    return fig
+
+
+def log_classification(split: str, cm: np.ndarray, table: pd.DataFrame, classes: list[str],
+                       loss: float | None = None) -> None:
+    """Per-class table, confusion matrix (table and picture) and summary metrics of one split."""
+    import matplotlib.pyplot as plt
+    import mlflow
+
+    from cxrspark.evaluate.metrics import confusion_table
+
+    mlflow.log_table(table, artifact_file=f"eval/{split}_per_class.json")
+    mlflow.log_table(confusion_table(cm, classes), artifact_file=f"eval/{split}_confusion.json")
+    fig = confusion_figure(cm, classes, f"{split}: confusion matrix")
+    mlflow.log_figure(fig, f"eval/{split}_confusion.png")
+    plt.close(fig)
+    by = table.set_index("class")
+    metrics = {f"{split}_accuracy": float(by.loc["accuracy", "f1"]),
+               f"{split}_macro_f1": float(by.loc["macro avg", "f1"]),
+               f"{split}_weighted_f1": float(by.loc["weighted avg", "f1"])}
+    for c in classes:
+        key = c.lower().replace("-", "").replace(" ", "_")
+        metrics[f"{split}_recall_{key}"] = float(by.loc[c, "recall"])
+    if loss is not None:
+        metrics[f"{split}_loss"] = float(loss)
+    mlflow.log_metrics(metrics)
+
+
+def log_keras_model(model, example: np.ndarray) -> None:
+    """The model with a signature (stored image in, class probabilities out), servable with
+    ``mlflow models serve``."""
+    import mlflow
+    import mlflow.tensorflow
+    from mlflow.models import infer_signature
+
+    signature = infer_signature(example, model.predict(example, verbose=0))
+    mlflow.tensorflow.log_model(model, name="model", signature=signature)

@@ -1,0 +1,1 @@
+"""Training: Petastorm -> tf.data (data.py), the model registry (models.py), the Horovod loop (loop.py)."""

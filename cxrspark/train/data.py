@@ -1,0 +1,192 @@
+"""Curated Parquet -> tf.data for one Horovod rank, through Petastorm's ``make_batch_reader``.
+
+Training streams are infinite (``num_epochs=None``) and Keras runs a fixed ``steps_per_epoch``
+computed from the split size, the same on every rank, so no rank waits in an allreduce for another
+that ran out of data. Each rank reads its own row groups (``cur_shard=rank, shard_count=size``).
+A split with fewer row groups than ranks (a tiny dataset) is read whole by every rank in a fixed
+order and thinned with ``Dataset.shard``, so ranks still see disjoint rows.
+
+With minority oversampling each class named in the config gets its own stream (the whole split,
+filtered to that class, shuffled with a per-rank seed) and ``sample_from_datasets`` draws that
+fraction of every batch from it; the rest of the batch comes from the other classes.
+
+Evaluation streams are finite and sharded the same way; see :func:`eval_batches`.
+"""
+from __future__ import annotations
+
+import contextlib
+import glob
+import json
+import math
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import tensorflow as tf
+
+# petastorm 0.13 with pyarrow 14: legacy-dataset FutureWarnings and notices on every reader (harmless)
+warnings.filterwarnings("ignore", category=FutureWarning, module=r"petastorm(\.|$)")
+warnings.filterwarnings("ignore", category=UserWarning, module=r"petastorm(\.|$)")
+warnings.filterwarnings("ignore", category=UnicodeWarning, module=r"petastorm(\.|$)")
+
+FIELDS = ["record_id", "image", "label_index", "source", "patient_key"]
+
+
+class DatasetError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """What training needs to know about an ingest output, read from its summary.json."""
+    root: Path
+    image_size: int
+    classes: list[str]
+    dataset_hash: str
+    #: split -> class -> number of curated images
+    counts: dict[str, dict[str, int]]
+
+    def url(self, split: str) -> str:
+        return f"file://{self.root}/curated/{split}"
+
+    def size(self, split: str) -> int:
+        return sum(self.counts.get(split, {}).values())
+
+    def row_groups(self, split: str) -> int:
+        import pyarrow.parquet as pq
+        files = glob.glob(str(self.root / "curated" / split / "*.parquet"))
+        return sum(pq.ParquetFile(f).metadata.num_row_groups for f in files)
+
+
+def load_dataset_info(root: str | Path) -> DatasetInfo:
+    root = Path(root).resolve()
+    summary = root / "summary.json"
+    if not summary.is_file():
+        raise DatasetError(f"{root} is not an ingest output (no summary.json); run jobs/ingest.py first "
+                           f"or point train.dataset at its ingest.output folder")
+    s = json.loads(summary.read_text())
+    counts: dict[str, dict[str, int]] = {sp: {c: 0 for c in s["classes"]} for sp in s["splits"]}
+    for row in s["curated_table"]:
+        counts[row["split"]][row["label"]] += row["n"]
+    return DatasetInfo(root, int(s["config"]["ingest"]["image_size"]), list(s["classes"]),
+                       s["dataset_hash"], counts)
+
+
+# ---- readers ------------------------------------------------------------------------------------
+def _reader(info: DatasetInfo, split: str, rank: int, size: int, *, repeat: bool, shuffle: bool,
+            seed: int, workers: int, shard: bool = True):
+    """A petastorm batch reader and whether it shards by row group (else the caller thins rows)."""
+    from petastorm import make_batch_reader
+
+    if info.size(split) == 0:
+        raise DatasetError(f"split {split!r} of {info.root} is empty")
+    by_row_group = shard and size > 1 and info.row_groups(split) >= size
+    deterministic = shard and size > 1 and not by_row_group
+    kwargs: dict[str, Any] = dict(cur_shard=rank, shard_count=size) if by_row_group else {}
+    reader = make_batch_reader(info.url(split), schema_fields=FIELDS, num_epochs=None if repeat else 1,
+                               shuffle_row_groups=shuffle and not deterministic, seed=seed,
+                               workers_count=1 if deterministic else workers, **kwargs)
+    return reader, deterministic
+
+
+def _rows(reader, thin: bool, rank: int, size: int) -> tf.data.Dataset:
+    from petastorm.tf_utils import make_petastorm_dataset
+
+    ds = make_petastorm_dataset(reader).unbatch()
+    return ds.shard(size, rank) if thin else ds
+
+
+def _decode(image_size: int, n_classes: int):
+    def decode(row) -> tuple[tf.Tensor, tf.Tensor]:
+        pixels = tf.io.decode_raw(row.image, tf.uint8)
+        image = tf.cast(tf.reshape(pixels, (image_size, image_size, 1)), tf.float32)
+        return image, tf.one_hot(tf.cast(row.label_index, tf.int32), n_classes)
+    return decode
+
+
+# ---- augmentation -------------------------------------------------------------------------------
+def make_augmenter(settings: dict[str, Any], seed: int) -> tf.keras.Sequential | None:
+    """Random augmentation for a batch of images in [0, 255] (Keras preprocessing layers)."""
+    L = tf.keras.layers
+    steps: list[tf.keras.layers.Layer] = []
+    if settings["rotation"]:
+        steps.append(L.RandomRotation(settings["rotation"] / 360.0, fill_mode="constant", seed=seed))
+    if settings["shift"]:
+        steps.append(L.RandomTranslation(settings["shift"], settings["shift"], fill_mode="constant", seed=seed))
+    if settings["zoom"]:
+        steps.append(L.RandomZoom(settings["zoom"], fill_mode="constant", seed=seed))
+    if settings["brightness"]:
+        steps.append(L.RandomBrightness(settings["brightness"], value_range=(0, 255), seed=seed))
+    if settings["contrast"]:
+        steps.append(L.RandomContrast(settings["contrast"], seed=seed))
+    if settings["horizontal_flip"]:
+        steps.append(L.RandomFlip("horizontal", seed=seed))
+    return tf.keras.Sequential(steps, name="augment") if steps else None
+
+
+# ---- datasets -----------------------------------------------------------------------------------
+def steps_per_epoch(info: DatasetInfo, split: str, batch_size: int, size: int, cap: int | None = None) -> int:
+    """One pass over the split by all ranks together; identical on every rank."""
+    steps = max(1, math.ceil(info.size(split) / (batch_size * size)))
+    return min(steps, cap) if cap else steps
+
+
+def train_dataset(info: DatasetInfo, tcfg, rank: int, size: int, stack: contextlib.ExitStack) -> tf.data.Dataset:
+    """The infinite, shuffled, augmented, batched training stream of this rank.
+
+    ``tcfg`` is a :class:`cxrspark.config.TrainConfig`; readers are closed when ``stack`` closes."""
+    split = tcfg.train_split
+    seed = tcfg.seed + 1000 * rank
+    decode = _decode(info.image_size, len(info.classes))
+    over = {info.classes.index(c): f for c, f in tcfg.imbalance.oversample.items()}
+
+    def stream(keep=None, shard=True) -> tf.data.Dataset:
+        reader, thin = _reader(info, split, rank, size, repeat=True, shuffle=True, seed=seed,
+                               workers=tcfg.reader_workers, shard=shard)
+        stack.callback(lambda: (reader.stop(), reader.join()))
+        ds = _rows(reader, thin, rank, size).map(decode, num_parallel_calls=tf.data.AUTOTUNE)
+        if keep is not None:
+            ds = ds.filter(lambda x, y: keep(tf.argmax(y, output_type=tf.int32)))
+        return ds.shuffle(tcfg.shuffle_buffer, seed=seed)
+
+    if over:
+        present = info.counts[split]
+        for c in tcfg.imbalance.oversample:
+            if present.get(c, 0) == 0:
+                raise DatasetError(f"cannot oversample {c!r}: the {split} split has no such images")
+        minority = list(over)
+        parts = [stream(lambda k, c=c: tf.equal(k, c), shard=False) for c in minority]
+        rest = tf.constant(minority, tf.int32)
+        parts.append(stream(lambda k: tf.logical_not(tf.reduce_any(tf.equal(k, rest))), shard=False))
+        weights = [over[c] for c in minority] + [1.0 - sum(over.values())]
+        ds = tf.data.Dataset.sample_from_datasets(parts, weights=weights, seed=seed)
+    else:
+        ds = stream()
+    ds = ds.batch(tcfg.batch_size, drop_remainder=True)
+    augment = make_augmenter(tcfg.augment.resolved(), seed)
+    if augment is not None:
+        ds = ds.map(lambda x, y: (tf.clip_by_value(augment(x, training=True), 0.0, 255.0), y),
+                    num_parallel_calls=tf.data.AUTOTUNE)
+    return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def eval_batches(info: DatasetInfo, split: str, rank: int, size: int, batch_size: int,
+                 workers: int = 2) -> Iterator[dict[str, np.ndarray]]:
+    """This rank's share of a split, once, in numpy batches: image (n, s, s, 1) float32, label_index,
+    record_id, source, patient_key. Shares of all ranks are disjoint and cover the split."""
+    with contextlib.ExitStack() as stack:
+        reader, thin = _reader(info, split, rank, size, repeat=False, shuffle=False, seed=0, workers=workers)
+        stack.callback(lambda: (reader.stop(), reader.join()))
+        ds = _rows(reader, thin, rank, size).batch(batch_size)
+        for b in ds.as_numpy_iterator():
+            n = len(b.label_index)
+            images = np.frombuffer(b"".join(b.image), np.uint8).reshape(n, info.image_size, info.image_size, 1)
+            yield {"image": images.astype(np.float32), "label_index": b.label_index.astype(np.int64),
+                   **{k: np.array([_text(v) for v in getattr(b, k)], dtype=object)
+                      for k in ("record_id", "source", "patient_key")}}
+
+
+def _text(value: Any) -> str:
+    return value.decode("utf-8") if isinstance(value, bytes) else str(value)
