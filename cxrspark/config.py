@@ -165,6 +165,9 @@ class TrainConfig:
     output: str = "out/train"
     #: seed_cnn | darkcovidnet | vgg_dcnn | transfer:<Backbone> (see cxrspark/train/models.py)
     model: str = "seed_cnn"
+    #: the model's input size; None: the model's own (seed_cnn 224, darkcovidnet 256, NASNetLarge 331,
+    #: ...). The stored image is resized to it inside the model.
+    input_size: int | None = None
     #: transfer models: none | imagenet (downloads) | a local weights file
     weights: str = "none"
     #: transfer models: unfreeze the top N layers of the backbone (0: frozen base)
@@ -376,6 +379,8 @@ def _validate_train(tr: TrainConfig) -> None:
     from cxrspark.labels import CLASSES
     if tr.epochs < 1 or tr.batch_size < 1:
         raise ConfigError("'train.epochs' and 'train.batch_size' must be at least 1")
+    if tr.input_size is not None and not 32 <= tr.input_size <= 1024:
+        raise ConfigError("'train.input_size' must be between 32 and 1024 (or null for the model's own)")
     if tr.steps_per_epoch is not None and tr.steps_per_epoch < 1:
         raise ConfigError("'train.steps_per_epoch' must be at least 1 (or null)")
     if not 0.0 <= tr.label_smoothing < 1.0:

@@ -100,14 +100,15 @@ def log_classification(split: str, cm: np.ndarray, table: pd.DataFrame, classes:
     mlflow.log_figure(fig, f"eval/{split}_confusion.png")
     plt.close(fig)
     by = table.set_index("class")
-    metrics = {f"{split}_accuracy": float(by.loc["accuracy", "f1"]),
-               f"{split}_macro_f1": float(by.loc["macro avg", "f1"]),
-               f"{split}_weighted_f1": float(by.loc["weighted avg", "f1"])}
+    # "final_" keeps these apart from the per-epoch curves (val_loss, val_accuracy)
+    metrics = {f"final_{split}_accuracy": float(by.loc["accuracy", "f1"]),
+               f"final_{split}_macro_f1": float(by.loc["macro avg", "f1"]),
+               f"final_{split}_weighted_f1": float(by.loc["weighted avg", "f1"])}
     for c in classes:
         key = c.lower().replace("-", "").replace(" ", "_")
-        metrics[f"{split}_recall_{key}"] = float(by.loc[c, "recall"])
+        metrics[f"final_{split}_recall_{key}"] = float(by.loc[c, "recall"])
     if loss is not None:
-        metrics[f"{split}_loss"] = float(loss)
+        metrics[f"final_{split}_loss"] = float(loss)
     mlflow.log_metrics(metrics)
 
 

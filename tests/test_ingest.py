@@ -149,23 +149,19 @@ def test_ratios_and_image_options_change_the_output(sample, spark):
 
 @pytest.mark.realdata
 @pytest.mark.slow
-def test_the_real_data_ingests_with_no_leak_and_every_row_accounted(spark, real_data, tmp_path):
-    sources = [s for s in yaml.safe_load((REPO / "conf/sources-devdata.yaml").read_text())["sources"]]
-    for s in sources:
-        s["root"] = str(real_data / Path(s["root"]).name)
-    cfg = _config(tmp_path, sources, tmp_path / "real", "ingest.image_size=64")
-    summary = run_ingest(spark, cfg, log=lambda _: None)
+def test_the_real_data_ingests_with_no_leak_and_every_row_accounted(real_dataset):
+    summary = json.loads((real_dataset / "summary.json").read_text())
     counts = summary["counts"]
     assert summary["input_rows"] == 484 + 8 + 6 + 6 + 925 + 503
     assert sum(counts.values()) == summary["input_rows"]
-    filtered = _read(tmp_path / "real", "filtered")["reason"].str.split(":").str[0].value_counts()
+    filtered = _read(real_dataset, "filtered")["reason"].str.split(":").str[0].value_counts()
     assert filtered["modality"] == 12 and filtered["lateral_view"] == 13
-    cur = _curated(tmp_path / "real")
+    cur = _curated(real_dataset)
     assert cur.groupby("patient_key")["split"].nunique().max() == 1
     assert cur.groupby("split_group")["split"].nunique().max() == 1
     assert cur["pixel_sha256"].is_unique  # no exact duplicate survives
     groups = cur.dropna(subset=["dup_group"]).groupby("dup_group")
     assert len(groups) > 0 and groups["split"].nunique().max() == 1
     # the darkcovidnet COVID-19 folder re-publishes Cohen images: many are found as duplicates
-    dups = _read(tmp_path / "real", "duplicates")
+    dups = _read(real_dataset, "duplicates")
     assert ((dups["source"] == "darkcovidnet") & (dups["kept_source"] == "cohen")).sum() >= 50

@@ -108,6 +108,8 @@ def _run(spark: SparkSession, cfg: Config, out: AtomicDir, log: Callable[[str], 
         n = part.count()
         (part.repartitionByRange(output_files(n), "record_id").sortWithinPartitions("record_id")
          .write.option("parquet.block.size", block).option("compression", "snappy")
+         # image rows are large: check page and row-group sizes every 10 rows, not every 100
+         .option("parquet.page.size.row.check.min", "10").option("parquet.block.size.row.check.min", "10")
          .parquet(out.path("curated", split)))
 
     record_cols = list(RECORD_COLUMNS)

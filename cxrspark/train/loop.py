@@ -264,7 +264,8 @@ def run_training(cfg: Config, *, resume: bool = False) -> dict[str, Any]:
         checkpoints.mkdir(parents=True, exist_ok=True)
     state = hvd_tf.broadcast_object(state, root_rank=0)
 
-    model = build_model(tcfg.model, len(info.classes), info.image_size, weights=tcfg.weights,
+    model = build_model(tcfg.model, len(info.classes), info.image_size, input_size=tcfg.input_size,
+                        weights=tcfg.weights,
                         fine_tune_layers=tcfg.fine_tune_layers)
     schedule = dict(base=tcfg.learning_rate, size=size, warmup_epochs=tcfg.schedule.warmup_epochs,
                     decay_epochs=tcfg.schedule.decay_epochs, decay_factor=tcfg.schedule.decay_factor)

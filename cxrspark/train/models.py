@@ -118,10 +118,11 @@ def _resolve_weights(weights: str) -> str | None:
 
 
 def _transfer(backbone: str) -> Callable[..., tf.Tensor]:
-    ctor_name, size, _ = BACKBONES[backbone]
+    ctor_name = BACKBONES[backbone][0]
 
     def build(x: tf.Tensor, n_classes: int, weights: str = "none", fine_tune_layers: int = 0) -> tf.Tensor:
         ctor = getattr(tf.keras.applications, ctor_name)
+        size = int(x.shape[1])
         try:
             base = ctor(include_top=False, weights=_resolve_weights(weights), input_shape=(size, size, 3))
         except ValueError as exc:
@@ -165,9 +166,9 @@ _IMAGENET_VAR = tuple((s * 255) ** 2 for s in (0.229, 0.224, 0.225))
 _CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
 
 
-def _preprocess(x: tf.Tensor, image_size: int, spec: ModelSpec) -> tf.Tensor:
-    if image_size != spec.input_size:
-        x = layers.Resizing(spec.input_size, spec.input_size, name="resize_to_model")(x)
+def _preprocess(x: tf.Tensor, image_size: int, input_size: int, spec: ModelSpec) -> tf.Tensor:
+    if image_size != input_size:
+        x = layers.Resizing(input_size, input_size, name="resize_to_model")(x)
     if spec.channels == 3:
         x = layers.Concatenate(name="grey_to_rgb")([x, x, x])
     if spec.normalisation == "unit":
@@ -180,14 +181,16 @@ def _preprocess(x: tf.Tensor, image_size: int, spec: ModelSpec) -> tf.Tensor:
     return layers.Normalization(mean=_CAFFE_MEAN_BGR, variance=(1.0, 1.0, 1.0), name="normalise")(x)
 
 
-def build_model(name: str, n_classes: int, image_size: int, *, weights: str = "none",
-                fine_tune_layers: int = 0) -> tf.keras.Model:
-    """A model that takes stored images (image_size x image_size x 1, values 0..255)."""
+def build_model(name: str, n_classes: int, image_size: int, *, input_size: int | None = None,
+                weights: str = "none", fine_tune_layers: int = 0) -> tf.keras.Model:
+    """A model that takes stored images (image_size x image_size x 1, values 0..255) and resizes them
+    to ``input_size`` (default: the model's own) inside."""
     spec = model_spec(name)
+    input_size = input_size or spec.input_size
     if weights != "none" and not name.startswith("transfer:"):
         raise ModelError(f"pretrained weights are only for transfer:<backbone> models, not {name}")
     inputs = tf.keras.Input((image_size, image_size, 1), name="image")
-    x = _preprocess(inputs, image_size, spec)
+    x = _preprocess(inputs, image_size, input_size, spec)
     if name.startswith("transfer:"):
         outputs = spec.build(x, n_classes, weights=weights, fine_tune_layers=fine_tune_layers)
     else:
