@@ -169,9 +169,10 @@ class Checkpointer(tf.keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         path = self.manager.save(checkpoint_number=epoch + 1)
         if self.early.improved:
-            tmp = self.directory / "best-tmp.weights.h5"
+            # legacy .h5 (layer weights only): Keras' .weights.h5 would also carry the optimizer state
+            tmp = self.directory / "best-tmp.h5"
             self.model.save_weights(str(tmp))
-            os.replace(tmp, self.directory / "best.weights.h5")
+            os.replace(tmp, self.directory / "best.h5")
         self.history.append({"epoch": epoch, **{k: float(v) for k, v in (logs or {}).items()}})
         _write_json_atomic(self.directory / STATE_FILE, {
             **self.extra, "epoch": epoch + 1, "checkpoint": Path(path).name,
@@ -282,7 +283,7 @@ def run_training(cfg: Config, *, resume: bool = False) -> dict[str, Any]:
         if Path(f"{prefix}.index").is_file():
             optimizer.build(model.trainable_variables)
             tf.train.Checkpoint(model=model, optimizer=optimizer).restore(str(prefix)).assert_existing_objects_matched()
-            best = checkpoints / "best.weights.h5"
+            best = checkpoints / "best.h5"
             if early.restore_best and best.is_file():
                 current = model.get_weights()
                 model.load_weights(str(best))
