@@ -66,4 +66,7 @@ def real_dataset(spark, real_data, tmp_path_factory) -> Path:
     sources = yaml.safe_load((REPO / "conf/sources-devdata.yaml").read_text())["sources"]
     for s in sources:
         s["root"] = str(real_data / Path(s["root"]).name)
+        link = s.get("options", {}).get("link_patients")
+        if link:
+            link["metadata"] = str(real_data / Path(link["metadata"]).parent.name / Path(link["metadata"]).name)
     return _ingest(spark, sources, tmp / "real", tmp, "ingest.image_size=64", "ingest.row_group_mb=1")

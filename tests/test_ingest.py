@@ -165,3 +165,9 @@ def test_the_real_data_ingests_with_no_leak_and_every_row_accounted(real_dataset
     # the darkcovidnet COVID-19 folder re-publishes Cohen images: many are found as duplicates
     dups = _read(real_dataset, "duplicates")
     assert ((dups["source"] == "darkcovidnet") & (dups["kept_source"] == "cohen")).sum() >= 50
+    # the re-cropped copies that hashing misses are linked to the Cohen patient by file name, so no
+    # copy lands in another split than its original
+    cur["name"] = cur["source_path"].map(lambda p: Path(p).name)
+    copies = cur[cur["source"] == "darkcovidnet"].merge(cur[cur["source"] == "cohen"], on="name")
+    assert len(copies) > 0 and (copies["split_x"] == copies["split_y"]).all()
+    assert copies["patient_key_x"].str.startswith("cohen:").all()

@@ -27,7 +27,8 @@ def check_contract(records: list[SourceRecord], adapter: SourceAdapter | None = 
     for r in records:
         assert isinstance(r, SourceRecord)
         assert r.record_id.startswith(f"{r.source}:")
-        assert r.patient_key.startswith(f"{r.source}:")
+        # a source's own namespace, or another source's key for a re-published image (recorded)
+        assert r.patient_key.startswith(f"{r.source}:") or r.patient_key == r.provenance.get("linked_patient_key")
         if r.error is None:
             assert r.path is not None and Path(r.path).is_file() and Path(r.path).is_absolute()
         else:
@@ -393,6 +394,19 @@ def test_real_mhh(real_data):
 
 
 @pytest.mark.realdata
+def test_darkcovidnet_links_republished_cohen_images_to_their_patient(tmp_path):
+    base = tmp_path / "dk" / "X-Ray Image DataSet"
+    for i, name in enumerate(["Covid-19/ryct.2020.jpeg", "Covid-19/unknown.jpg", "No_findings/00000001_000.png"]):
+        write(base / name, encode(picture(i), "png-L"))
+    meta = write(tmp_path / "cohen" / "metadata.csv", "patientid,finding,filename\n97,COVID-19,ryct.2020.jpeg\n")
+    recs = read("darkcovidnet", tmp_path / "dk", "dk", link_patients={"metadata": str(meta), "source": "cohen"})
+    check_contract(recs)
+    assert [r.patient_key for r in recs] == ["cohen:97", "dk:unknown", "dk:00000001"]
+    assert recs[0].provenance["linked_patient_key"] == "cohen:97"
+    with pytest.raises(SourceError, match="does not exist"):
+        read("darkcovidnet", tmp_path / "dk", link_patients={"metadata": str(tmp_path / "no.csv"), "source": "c"})
+
+
 def test_real_darkcovidnet(real_data):
     recs = read("darkcovidnet", real_data / "darkcovidnet")
     check_contract(recs)
@@ -402,6 +416,9 @@ def test_real_darkcovidnet(real_data):
     nih = [r for r in recs if r.finding != "Covid-19"]
     assert all(re.fullmatch(r"darkcovidnet:\d{8}", r.patient_key) for r in nih)
     assert len({r.patient_key for r in nih}) == 546
+    linked = read("darkcovidnet", real_data / "darkcovidnet",
+                  link_patients={"metadata": str(real_data / "cohen/metadata.csv"), "source": "cohen"})
+    assert sum(r.patient_key.startswith("cohen:") for r in linked) == 114  # every re-published Cohen image
 
 
 @pytest.mark.realdata

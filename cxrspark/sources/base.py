@@ -104,13 +104,16 @@ class SourceAdapter(ABC):
         return f"{self.name}:{patient_id}"
 
     def record(self, row_id: str, *, source_path: str, path: str | None, finding: str, patient_id: str,
-               error: str | None = None, **fields: Any) -> SourceRecord:
+               error: str | None = None, linked_patient_key: str | None = None, **fields: Any) -> SourceRecord:
         """A SourceRecord of this source. The derived fields are made here and only here: the record id
         and patient key are namespaced by the source name, and the label always comes from
-        :func:`cxrspark.labels.normalise_finding` of the original finding, which is kept verbatim."""
+        :func:`cxrspark.labels.normalise_finding` of the original finding, which is kept verbatim.
+
+        ``linked_patient_key`` is another source's key for the same patient (an image this source
+        re-publishes); it replaces this source's own key so the split keeps both together."""
         return SourceRecord(record_id=f"{self.name}:{row_id}", source=self.name, source_path=source_path,
                             path=path, label=normalise_finding(finding), finding=finding,
-                            patient_key=self.key(patient_id), error=error, **fields)
+                            patient_key=linked_patient_key or self.key(patient_id), error=error, **fields)
 
     def list_images(self, folder: Path) -> list[Path]:
         """Image files under ``folder``, recursively, in a stable (sorted) order."""

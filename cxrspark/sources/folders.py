@@ -64,12 +64,14 @@ class ClassFolderAdapter(SourceAdapter):
             patient, finding, extra = self.describe(image, cls)
             provenance = {"class_folder": cls.folder.relative_to(self.root).as_posix(), **cls.provenance,
                           **extra}
+            linked = provenance.get("linked_patient_key")
             yield self.record(
                 rel,
                 source_path=rel,
                 path=path,
                 finding=finding,
                 patient_id=patient,
+                linked_patient_key=linked,
                 license=self.license,
                 provenance=provenance,
                 error=error,
@@ -87,8 +89,32 @@ _NIH_NAME = re.compile(r"^(\d{8})_(\d{3})\.png$", re.IGNORECASE)
 
 @register
 class DarkCovidNetAdapter(ClassFolderAdapter):
+    """Option ``link_patients: {metadata: PATH, source: NAME}``: the Covid-19 folder re-publishes
+    images of the Cohen collection under their original file names, often re-cropped (so pixel
+    hashes miss them). An image whose file name is in that Cohen ``metadata.csv`` gets the patient
+    key ``NAME:<patientid>``, the key the Cohen source gives the original, and the patient split
+    keeps copy and original in one split. PATH is relative to the working directory."""
     kind = "darkcovidnet"
-    default_options = {"subdir": "X-Ray Image DataSet"}
+    default_options = {"subdir": "X-Ray Image DataSet", "link_patients": None}
+    _links: dict[str, str] | None = None
+
+    def links(self) -> dict[str, str]:
+        """File name -> linked patient key, from the configured metadata (empty without one)."""
+        if self._links is None:
+            spec = self.options.get("link_patients") or {}
+            self._links = {}
+            if spec:
+                if not isinstance(spec, dict) or not {"metadata", "source"} <= set(spec):
+                    raise SourceError(f"source {self.name!r}: link_patients needs {{metadata: PATH, source: NAME}}")
+                path = Path(spec["metadata"])
+                if not path.is_file():
+                    raise SourceError(f"source {self.name!r}: link_patients metadata {path} does not exist")
+                with path.open(newline="", encoding="utf-8", errors="replace") as f:
+                    for row in csv.DictReader(f):
+                        name, pid = (row.get("filename") or "").strip(), (row.get("patientid") or "").strip()
+                        if name and pid:
+                            self._links.setdefault(Path(name).name, f"{spec['source']}:{pid}")
+        return self._links
 
     def class_folders(self) -> list[ClassFolder]:
         base = self.root / self.options["subdir"] if self.options["subdir"] else self.root
@@ -103,7 +129,8 @@ class DarkCovidNetAdapter(ClassFolderAdapter):
         m = _NIH_NAME.match(image.name)
         if m:  # NIH ChestX-ray8: <8-digit patient id>_<3-digit follow-up number>.png
             return m.group(1), cls.finding, {"nih_followup": m.group(2)}
-        return image.stem, cls.finding, {}
+        linked = self.links().get(image.name)
+        return image.stem, cls.finding, ({"linked_patient_key": linked} if linked else {})
 
 
 # ---- Kermany / Mooney -----------------------------------------------------------------------------
