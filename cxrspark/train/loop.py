@@ -21,6 +21,7 @@ import json
 import os
 import shutil
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -90,16 +91,23 @@ class LearningRateSchedule(tf.keras.callbacks.Callback):
 
 
 class StepCounter(tf.keras.callbacks.Callback):
-    """Counts the optimizer steps this rank ran in each epoch."""
+    """Counts the optimizer steps this rank ran in each epoch and times them (validation excluded:
+    this callback runs before the validation callback)."""
     def __init__(self):
         super().__init__()
         self.per_epoch: list[int] = []
+        self.seconds: list[float] = []
+        self._start = 0.0
 
     def on_epoch_begin(self, epoch, logs=None):
         self.per_epoch.append(0)
+        self._start = time.perf_counter()
 
     def on_train_batch_end(self, batch, logs=None):
         self.per_epoch[-1] += 1
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.seconds.append(time.perf_counter() - self._start)
 
 
 class ShardedValidation(tf.keras.callbacks.Callback):
@@ -337,7 +345,7 @@ def run_training(cfg: Config, *, resume: bool = False) -> dict[str, Any]:
                                 verbose=(1 if sys.stdout.isatty() else 2) if rank == 0 else 0)
         result.update(history={k: [float(x) for x in v] for k, v in history.history.items()},
                       epochs_run=len(history.epoch), last_epoch=(history.epoch[-1] if history.epoch else None),
-                      steps_seen=counter.per_epoch, stopped_early=early.stopped_epoch is not None,
+                      steps_seen=counter.per_epoch, epoch_seconds=counter.seconds, stopped_early=early.stopped_epoch is not None,
                       iterations=int(optimizer.iterations.numpy()))
         # all ranks hold rank 0's weights (early stopping may have restored the best ones)
         hvd_tf.broadcast_variables(model.variables, root_rank=0)
