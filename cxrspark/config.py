@@ -8,6 +8,7 @@ the key and the file it came from. Defaults live here and nowhere else.
 """
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import types
 import typing
@@ -214,6 +215,22 @@ _CHOICES = {
     "train.augment.preset": tuple(AUGMENT_PRESETS),
     "train.early_stopping.monitor": ("val_loss", "val_accuracy"),
 }
+
+
+# ---- the options every job takes ------------------------------------------------------------------
+def add_config_arguments(parser: argparse.ArgumentParser, defaults: list[str], example: str) -> None:
+    """Add ``--config FILE`` (repeatable) and ``--set KEY=VALUE`` (repeatable) to a job's parser;
+    :func:`config_from_arguments` turns the parsed result into a :class:`Config`."""
+    parser.add_argument("--config", action="append", metavar="FILE",
+                        help=f"YAML file (repeatable; later files win). Default: {' '.join(defaults)}")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help=f"override one setting, e.g. --set {example} (repeatable)")
+    parser.set_defaults(config_defaults=list(defaults))
+
+
+def config_from_arguments(args: argparse.Namespace) -> Config:
+    """The config of a job's parsed ``--config``/``--set`` options (raises :class:`ConfigError`)."""
+    return load_config(args.config or args.config_defaults, args.overrides)
 
 
 # ---- loading -------------------------------------------------------------------------------------

@@ -10,20 +10,17 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from cxrspark.config import ConfigError, load_config  # noqa: E402
+from cxrspark.config import ConfigError, add_config_arguments, config_from_arguments  # noqa: E402
 from cxrspark.ingest.pipeline import run_ingest  # noqa: E402
 from cxrspark.spark.session import build_session  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--config", action="append", help="YAML file (repeatable; later files win). "
-                    "Default: conf/ingest.yaml conf/sources.yaml")
-    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                    help="override one setting, e.g. --set ingest.image_size=256 (repeatable)")
+    add_config_arguments(ap, ["conf/ingest.yaml", "conf/sources.yaml"], "ingest.image_size=256")
     args = ap.parse_args(argv)
     try:
-        cfg = load_config(args.config or ["conf/ingest.yaml", "conf/sources.yaml"], args.overrides)
+        cfg = config_from_arguments(args)
     except ConfigError as exc:
         print(f"config error: {exc}", file=sys.stderr)
         return 2

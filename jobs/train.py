@@ -14,15 +14,12 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from cxrspark.config import ConfigError, load_config, to_dict  # noqa: E402
+from cxrspark.config import ConfigError, add_config_arguments, config_from_arguments, to_dict  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--config", action="append", help="YAML file (repeatable; later files win). "
-                    "Default: conf/train.yaml")
-    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                    help="override one setting, e.g. --set train.epochs=5 (repeatable)")
+    add_config_arguments(ap, ["conf/train.yaml"], "train.epochs=5")
     ap.add_argument("--resume", action="store_true", help="continue from the last checkpoint in train.output")
     ap.add_argument("--launcher", choices=("horovodrun", "spark"), default="horovodrun",
                     help="horovodrun (or plain python for one rank), or spark: horovod.spark.run on the "
@@ -31,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="--launcher spark: number of Horovod ranks (default: the default parallelism)")
     args = ap.parse_args(argv)
     try:
-        cfg = load_config(args.config or ["conf/train.yaml"], args.overrides)
+        cfg = config_from_arguments(args)
     except ConfigError as exc:
         print(f"config error: {exc}", file=sys.stderr)
         return 2

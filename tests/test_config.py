@@ -62,3 +62,26 @@ def test_later_files_win_and_values_are_validated(tmp_path):
         load_config([], ["ingest.classes=[COVID-19, Tuberculosis]"])
     with pytest.raises(ConfigError, match="missing key 'sources\\[0\\].kind'"):
         load_config([], ["sources=[{name: x, root: y}]"])
+
+
+def test_jobs_share_the_config_options_and_refuse_a_bad_key(tmp_path):
+    import argparse
+    import subprocess
+    import sys
+
+    from cxrspark.config import add_config_arguments, config_from_arguments
+
+    ap = argparse.ArgumentParser()
+    add_config_arguments(ap, [str(REPO / "conf/train.yaml")], "train.epochs=5")
+    cfg = config_from_arguments(ap.parse_args(["--set", "train.epochs=7"]))
+    assert cfg.train.epochs == 7 and cfg.train.model == "seed_cnn"  # defaults file read, override applied
+    extra = tmp_path / "extra.yaml"
+    extra.write_text("train: {model: vgg_dcnn}\n")
+    args = ap.parse_args(["--config", str(REPO / "conf/train.yaml"), "--config", str(extra)])
+    assert config_from_arguments(args).train.model == "vgg_dcnn"  # later files win
+    with pytest.raises(ConfigError, match="train.bogus"):
+        config_from_arguments(ap.parse_args(["--set", "train.bogus=1"]))
+    for job in ("jobs/train.py", "jobs/ingest.py"):
+        proc = subprocess.run([sys.executable, job, "--set", "train.bogus=1"], cwd=REPO, capture_output=True,
+                              text=True, timeout=120)
+        assert proc.returncode == 2 and "unknown key 'train.bogus'" in proc.stderr, (job, proc.stderr)
