@@ -54,6 +54,29 @@ class SplitConfig:
 
 
 @dataclass
+class LungsConfig:
+    """Lung segmentation in ingest (used when ``ingest.segmentation: unet``)."""
+    #: the U-Net weights; None: the bundled, verified cxrspark/segmentation/lung_unet weights
+    weights: str | None = None
+    #: the training image stored in curated/: full | lung_crop (the lung box plus `crop_margin`,
+    #: resized back to image_size) | lung_masked (non-lung pixels set to 0). The mask is always stored.
+    stored_image: str = "full"
+    #: margin around the lung bounding box, as a fraction of the box's height/width
+    crop_margin: float = 0.05
+    #: images per U-Net call inside the pandas UDF
+    batch_size: int = 16
+    #: TensorFlow threads per Spark task (a task holds one core)
+    threads: int = 1
+    threshold: float = 0.5
+    #: QC: a mask is plausible when its lung area fraction is within [min_area, max_area] and the
+    #: raw prediction has at most max_components regions (over 0.5% of the image each). Hand-drawn
+    #: masks of the real annotations cover 0.09-0.55 of a padded image, always in 2 regions.
+    min_area: float = 0.08
+    max_area: float = 0.65
+    max_components: int = 2
+
+
+@dataclass
 class IngestConfig:
     output: str = "out/dataset"
     classes: list[str] = field(default_factory=lambda: ["COVID-19", "Normal", "Pneumonia"])
@@ -62,7 +85,7 @@ class IngestConfig:
     resize_mode: str = "pad"
     #: none | equalize (global histogram) | clahe
     contrast: str = "none"
-    #: none | unet (the lung segmentation stage; see the segmentation module when it lands)
+    #: none | unet (lung segmentation with the U-Net of cxrspark/segmentation; settings in `lungs`)
     segmentation: str = "none"
     #: keep rows whose view is not recorded (class-per-folder sets are frontal by curation)
     keep_unknown_view: bool = True
@@ -74,6 +97,7 @@ class IngestConfig:
     jpeg_draft: bool = True
     #: Parquet row-group size: small enough that every Horovod rank gets row groups to read
     row_group_mb: int = 8
+    lungs: LungsConfig = field(default_factory=LungsConfig)
     dedup: DedupConfig = field(default_factory=DedupConfig)
     split: SplitConfig = field(default_factory=SplitConfig)
 
@@ -187,6 +211,9 @@ class TrainConfig:
     #: cap the steps of an epoch (None: one pass over the training split per epoch)
     steps_per_epoch: int | None = None
     train_split: str = "train"
+    #: leave out training images whose lung mask failed ingest's QC (needs ingest.segmentation: unet);
+    #: validation and test always keep every image
+    exclude_lung_flagged: bool = False
     val_split: str = "val"
     test_split: str = "test"
     #: petastorm reader threads per rank
@@ -199,17 +226,59 @@ class TrainConfig:
 
 
 @dataclass
+class SegmenterAugmentConfig:
+    """Random per-epoch changes; geometric ones move image and mask together."""
+    rotation: float = 10.0  # degrees
+    shift: float = 0.08
+    zoom: float = 0.12
+    brightness: float = 0.10
+    contrast: float = 0.20
+
+
+@dataclass
+class SegmenterConfig:
+    """Training the lung U-Net (jobs/train_segmenter.py) on V7 lung polygons of Cohen images."""
+    #: V7 Darwin JSON annotations: a .zip of JSON files or a folder of them
+    annotations: str = "data/raw/v7labs/annotations/covid-only.zip"
+    #: the Cohen collection the annotations refer to (metadata.csv gives the patients)
+    images: str = "data/raw/covid-chestxray-dataset"
+    output: str = "out/segmenter"
+    #: U-Net input size (divisible by 2**depth), filters of the first level, pooling levels
+    size: int = 256
+    base_filters: int = 16
+    depth: int = 4
+    #: every training image is prepared with each of these contrast methods (ingest's options), one
+    #: drawn at random per step, so the model works whatever ``ingest.contrast`` is
+    contrasts: list[str] = field(default_factory=lambda: ["none", "equalize", "clahe"])
+    #: fraction of PATIENTS held out for validation (the Dice/IoU that is reported)
+    val_fraction: float = 0.2
+    seed: int = 7
+    epochs: int = 60
+    batch_size: int = 8  # per rank
+    learning_rate: float = 0.001
+    #: stop when validation Dice has not improved by min_delta for this many epochs; best kept
+    patience: int = 15
+    min_delta: float = 0.001
+    augment: SegmenterAugmentConfig = field(default_factory=SegmenterAugmentConfig)
+    #: a folder to write the best weights and their card to (e.g. cxrspark/segmentation/lung_unet)
+    publish: str | None = None
+    mlflow: MlflowConfig = field(default_factory=lambda: MlflowConfig(experiment="cxrspark-segmenter"))
+
+
+@dataclass
 class Config:
     sources: list[SourceConfig] = field(default_factory=list)
     ingest: IngestConfig = field(default_factory=IngestConfig)
     spark: SparkConfig = field(default_factory=SparkConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    segmenter: SegmenterConfig = field(default_factory=SegmenterConfig)
 
 
 _CHOICES = {
     "ingest.resize_mode": ("pad", "crop", "stretch"),
     "ingest.contrast": ("none", "equalize", "clahe"),
-    "ingest.segmentation": ("none",),
+    "ingest.segmentation": ("none", "unet"),
+    "ingest.lungs.stored_image": ("full", "lung_crop", "lung_masked"),
     "ingest.dedup.keep": ("largest",),
     "train.optimizer": ("adam", "sgd"),
     "train.augment.preset": tuple(AUGMENT_PRESETS),
@@ -366,10 +435,7 @@ def _validate(cfg: Config) -> None:
         for part in key.split("."):
             obj = getattr(obj, part)
         if obj not in allowed:
-            hint = ""
-            if key == "ingest.segmentation":
-                hint = " (lung segmentation with a trained U-Net is not part of this version yet)"
-            raise ConfigError(f"'{key}' must be one of {', '.join(allowed)}, not {obj!r}{hint}")
+            raise ConfigError(f"'{key}' must be one of {', '.join(allowed)}, not {obj!r}")
     ing = cfg.ingest
     if not 16 <= ing.image_size <= 2048:
         raise ConfigError(f"'ingest.image_size' must be between 16 and 2048, not {ing.image_size}")
@@ -386,7 +452,14 @@ def _validate(cfg: Config) -> None:
     unknown = [c for c in ing.classes if c not in CLASSES]
     if unknown:
         raise ConfigError(f"'ingest.classes' has unknown classes {unknown}; known: {list(CLASSES)}")
+    lungs = ing.lungs
+    if not (0.0 <= lungs.min_area < lungs.max_area <= 1.0 and 0.0 < lungs.threshold < 1.0
+            and 0.0 <= lungs.crop_margin <= 1.0 and lungs.batch_size >= 1 and lungs.threads >= 1
+            and lungs.max_components >= 1):
+        raise ConfigError("'ingest.lungs': need 0 <= min_area < max_area <= 1, 0 < threshold < 1, "
+                          "0 <= crop_margin <= 1, batch_size, threads and max_components >= 1")
     _validate_train(cfg.train)
+    _validate_segmenter(cfg.segmenter)
     names = [s.name for s in cfg.sources]
     if len(set(names)) != len(names):
         raise ConfigError(f"source names must be unique: {names}")
@@ -418,6 +491,19 @@ def _validate_train(tr: TrainConfig) -> None:
         raise ConfigError(f"'train.imbalance.oversample' fractions must be in (0, 1) and sum below 1: {over}")
     if sorted(tr.schedule.decay_epochs) != tr.schedule.decay_epochs or tr.schedule.warmup_epochs < 0:
         raise ConfigError("'train.schedule.decay_epochs' must be ascending and warmup_epochs >= 0")
+
+
+def _validate_segmenter(sg: SegmenterConfig) -> None:
+    from cxrspark.images.transforms import CONTRAST_METHODS
+    if sg.depth < 1 or sg.size % (2 ** sg.depth) or not 32 <= sg.size <= 1024:
+        raise ConfigError(f"'segmenter.size' must be 32..1024 and divisible by 2**depth, not {sg.size}")
+    if sg.base_filters < 1 or sg.epochs < 1 or sg.batch_size < 1 or sg.learning_rate <= 0:
+        raise ConfigError("'segmenter': base_filters, epochs, batch_size and learning_rate must be positive")
+    if not 0.0 < sg.val_fraction < 1.0:
+        raise ConfigError("'segmenter.val_fraction' must be in (0, 1)")
+    bad = [c for c in sg.contrasts if c not in CONTRAST_METHODS] or ([] if sg.contrasts else ["(empty)"])
+    if bad:
+        raise ConfigError(f"'segmenter.contrasts' has unknown methods {bad}; known: {list(CONTRAST_METHODS)}")
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:

@@ -720,6 +720,70 @@ def sources_config(manifest: dict[str, Any]) -> list[dict[str, Any]]:
     return [{"name": s["name"], "kind": s["kind"], "root": s["root"], "options": {}} for s in manifest["sources"]]
 
 
+# ---- a generated lung-annotation set (the layout of the V7 annotations + Cohen images) -------------
+def make_lung_sample(root: Path | str, patients: int = 12, images_per_patient: int = 2, seed: int = 0,
+                     size: tuple[int, int] = (160, 128), original_scale: float = 2.5) -> dict[str, Any]:
+    """A Cohen-layout tree (metadata.csv + images/) of CXR-like pictures with two dark elliptic lungs,
+    and V7 Darwin JSON lung polygons for them in ``annotations/`` (as a zip, like the real release).
+
+    Polygons are written in the coordinates of a fictitious ORIGINAL that is ``original_scale`` times
+    the written image (as in the real data, whose images were downscaled). One extra JSON without lung
+    polygons and one naming an image that does not exist test the problem reporting.
+    Returns {"images": cohen root, "annotations": zip path, "masks": {file name: true mask}}.
+    """
+    import zipfile
+
+    root = Path(root)
+    images_dir = root / "cohen" / "images"
+    images_dir.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    w, h = size
+    ow, oh = round(w * original_scale), round(h * original_scale)
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    rows, docs, masks = [], {}, {}
+    t = np.linspace(0, 2 * np.pi, 48, endpoint=False)
+    for p in range(patients):
+        for k in range(images_per_patient):
+            name = f"lungs-{p:03d}-{k}.png"
+            img = 150 + 40 * rng.random((6, 6))
+            img = np.asarray(Image.fromarray(img.astype(np.float32)).resize((w, h), Image.BICUBIC))
+            mask = np.zeros((h, w), dtype=np.uint8)
+            annotations = []
+            for side in (-1, 1):
+                cx, cy = w * (0.5 + side * rng.uniform(0.17, 0.22)), h * rng.uniform(0.42, 0.5)
+                rx, ry = w * rng.uniform(0.11, 0.15), h * rng.uniform(0.25, 0.32)
+                inside = ((xx - cx) / rx) ** 2 + ((yy - cy) / ry) ** 2 <= 1.0
+                img = np.where(inside, img - 90, img)
+                mask |= inside.astype(np.uint8)
+                # the polygon in ORIGINAL pixel-centre coordinates: x_orig = (x + 0.5) * ow / w - 0.5
+                px = (cx + rx * np.cos(t) + 0.5) * ow / w - 0.5
+                py = (cy + ry * np.sin(t) + 0.5) * oh / h - 0.5
+                annotations.append({"name": "Lung", "polygon": {"path": [{"x": round(float(x), 2), "y": round(float(y), 2)}
+                                                                          for x, y in zip(px, py)]}})
+            img = np.clip(img + rng.normal(0, 6, img.shape), 0, 255).astype(np.uint8)
+            Image.fromarray(img).save(images_dir / name)
+            masks[name] = mask
+            rows.append([f"{p + 1}", name])
+            docs[f"{2000 + len(docs)}.json"] = {"image": {"width": ow, "height": oh, "original_filename": name},
+                                               "annotations": annotations}
+    docs["9998.json"] = {"image": {"width": ow, "height": oh, "original_filename": rows[0][1]},
+                         "annotations": [{"name": "View/L", "tag": {}}]}
+    docs["9999.json"] = {"image": {"width": ow, "height": oh, "original_filename": "not-in-the-collection.png"},
+                         "annotations": docs["2000.json"]["annotations"]}
+    cells = []
+    for pid, name in rows:
+        c = dict.fromkeys(COHEN_HEADER, "")
+        c.update(patientid=pid, finding="COVID-19", view="PA", modality="X-ray", folder="images", filename=name)
+        cells.append([c[k] for k in COHEN_HEADER])
+    (root / "cohen" / "metadata.csv").write_text(csv_text(COHEN_HEADER, cells))
+    zpath = root / "v7labs" / "annotations" / "covid-only.zip"
+    zpath.parent.mkdir(parents=True, exist_ok=True)
+    with zipfile.ZipFile(zpath, "w") as zf:
+        for n, d in docs.items():
+            zf.writestr(n, json.dumps(d))
+    return {"images": str(root / "cohen"), "annotations": str(zpath), "masks": masks}
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if not argv or argv[0] in ("-h", "--help"):

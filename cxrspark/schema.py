@@ -66,11 +66,20 @@ DECODED_DDL = (
     "orig_mode string, pixel_sha256 string, phash long, thumb binary, decode_error string"
 )
 
+# Columns of the lung segmentation stage (cxrspark.spark.udfs.make_segment_udf): the stored image
+# (full, lung-cropped or lung-masked), the lung mask as a 1-bit PNG in the stored image's frame, and QC.
+# With ``ingest.segmentation: none`` the lung columns are null.
+SEGMENTED_DDL = (
+    "image binary, lung_mask binary, lung_area_fraction double, lung_components int, "
+    "lung_mask_ok boolean, lung_qc string"
+)
+LUNG_COLUMNS = tuple(c.split()[0] for c in SEGMENTED_DDL.split(", ") if not c.startswith("image "))
+
 # The curated table: canonical columns + image + split bookkeeping. Petastorm's make_batch_reader
 # reads it as plain Parquet; `image` holds raw uint8 pixels, row-major, shape (height, width).
 CURATED_COLUMNS = (
     "record_id", "source", "source_path", "label", "label_index", "finding", "patient_key",
     "split_group", "dup_group", "view", "modality", "sex", "age", "license", "provenance",
     "image", "height", "width", "orig_height", "orig_width", "orig_format", "orig_mode",
-    "pixel_sha256", "phash", "split",
+    "pixel_sha256", "phash", *LUNG_COLUMNS, "split",
 )

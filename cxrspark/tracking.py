@@ -121,3 +121,25 @@ def log_keras_model(model, example: np.ndarray) -> None:
 
     signature = infer_signature(example, model.predict(example, verbose=0))
     mlflow.tensorflow.log_model(model, name="model", signature=signature)
+
+
+def mask_overlay_figure(images: list[np.ndarray] | np.ndarray, truths, preds, titles: list[str]):
+    """Greyscale images with the reference lung outline (green) and the predicted mask (red fill)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = len(images)
+    cols = min(4, n)
+    rows = (n + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(3 * cols, 3.3 * rows), dpi=100, squeeze=False)
+    for ax in axes.ravel():
+        ax.axis("off")
+    for ax, img, truth, pred, title in zip(axes.ravel(), images, truths, preds, titles):
+        ax.imshow(img, cmap="gray", vmin=0, vmax=255)
+        ax.imshow(np.ma.masked_where(np.asarray(pred) == 0, pred), cmap="autumn", alpha=0.35, vmin=0, vmax=1)
+        if truth is not None:
+            ax.contour(truth, levels=[0.5], colors="lime", linewidths=0.8)
+        ax.set_title(title, fontsize=7)
+    fig.tight_layout()
+    return fig

@@ -49,6 +49,10 @@ def run_ingest(spark: SparkSession, cfg: Config, log: Callable[[str], None] = pr
     summary["output"] = str(final)
     log(format_counts(summary["curated_table"], list(ing.split.ratios)))
     log(summary["reconciliation"])
+    lungs = summary["lungs"]
+    if lungs["segmentation"] != "none":
+        log(f"lungs: {lungs['segmented']} curated images segmented, {lungs['flagged']} with an implausible mask "
+            f"(lung_mask_ok = false: {lungs['reasons']}); stored image: {lungs['stored_image']}")
     return summary
 
 
@@ -147,8 +151,9 @@ def _run(spark: SparkSession, cfg: Config, out: AtomicDir, log: Callable[[str], 
             reasons[f"{outcome_name}/{r['code']}"] += 1
     for r in read[DUPLICATE].select("kind").collect():
         reasons[f"{DUPLICATE}/{r['kind']}"] += 1
-    table = [r.asDict() for r in read[CURATED].groupBy("source", "label", "split").count()
-             .withColumnRenamed("count", "n").collect()]
+    flagged = F.when(F.col("lung_mask_ok") == F.lit(False), 1).otherwise(0)
+    table = [r.asDict() for r in read[CURATED].groupBy("source", "label", "split")
+             .agg(F.count("*").alias("n"), F.sum(flagged).cast("long").alias("lung_flagged")).collect()]
     fp_rows = sorted(f"{r['record_id']}|{r['pixel_sha256']}|{r['split']}|{r['label']}"
                      for r in read[CURATED].select("record_id", "pixel_sha256", "split", "label").collect())
     config = to_dict(cfg)
@@ -168,10 +173,32 @@ def _run(spark: SparkSession, cfg: Config, out: AtomicDir, log: Callable[[str], 
                   "linked_patient_keys": len(dd.patient_links), "threshold": ing.dedup.phash_threshold,
                   "min_correlation": ing.dedup.min_correlation,
                   "keep_rule": KEEP_RULE},
+        "lungs": _lung_summary(read[CURATED], cfg),
         "source_problems": source_problems,
         "dataset_hash": dataset_hash,
         "config": config,
     }
+
+
+def _lung_summary(curated: DataFrame, cfg: Config) -> dict:
+    ing = cfg.ingest
+    out: dict = {"segmentation": ing.segmentation}
+    if ing.segmentation == "none":
+        return out
+    from cxrspark.segmentation.weights import resolve
+
+    weights, manifest = resolve(ing.lungs.weights)
+    stats = curated.agg(F.count("lung_mask").alias("segmented"),
+                        F.sum(F.when(~F.col("lung_mask_ok"), 1).otherwise(0)).alias("flagged"),
+                        F.percentile_approx("lung_area_fraction", [0.01, 0.05, 0.5, 0.95, 0.99]).alias("q"),
+                        ).first()
+    reasons = Counter(r["code"] for r in curated.where(~F.col("lung_mask_ok"))
+                      .select(F.substring_index("lung_qc", ":", 1).alias("code")).collect())
+    return {**out, "stored_image": ing.lungs.stored_image, "weights": str(weights),
+            "weights_sha256": manifest["sha256"], "segmented": int(stats["segmented"]),
+            "flagged": int(stats["flagged"] or 0), "reasons": dict(sorted(reasons.items())),
+            "area_fraction_quantiles": dict(zip(("p01", "p05", "p50", "p95", "p99"), stats["q"] or [])),
+            "qc": {k: getattr(ing.lungs, k) for k in ("threshold", "min_area", "max_area", "max_components")}}
 
 
 def _label_index(classes: list[str]):

@@ -14,9 +14,9 @@ from pyspark.sql import functions as F
 
 from cxrspark.config import Config, SourceConfig
 from cxrspark.schema import (FILTERED, FRONTAL_VIEWS, LATERAL_VIEWS, QUARANTINED, RECORD_DDL,
-                             UNKNOWN_VIEW, SourceRecord)
+                             SEGMENTED_DDL, UNKNOWN_VIEW, SourceRecord)
 from cxrspark.sources import SourceError, make_adapter
-from cxrspark.spark.udfs import make_prepare_udf
+from cxrspark.spark.udfs import make_prepare_udf, make_segment_udf
 
 
 # ---- 1. sources -> canonical rows ----------------------------------------------------------------
@@ -87,12 +87,24 @@ def decode(spark: SparkSession, df: DataFrame, cfg: Config) -> DataFrame:
             .select("*", "_d.*").drop("_d"))
 
 
-# ---- 4. segmentation hook -------------------------------------------------------------------------
+# ---- 4. lung segmentation (the U-Net pandas UDF) ---------------------------------------------------
 def segment(df: DataFrame, cfg: Config) -> DataFrame:
-    """The place of the lung segmentation UDF. ``segmentation: none`` stores the full image."""
+    """``segmentation: unet``: lung mask + QC columns, and the stored image as ``lungs.stored_image``
+    says. ``none``: the full image, lung columns null. The weights are verified on the driver first,
+    so a missing or wrong file stops the job before any work instead of failing every task."""
+    nulls = [F.lit(None).cast(t).alias(c) for c, t in (x.split() for x in SEGMENTED_DDL.split(", "))
+             if c != "image"]
     if cfg.ingest.segmentation == "none":
-        return df
-    raise ValueError(f"segmentation {cfg.ingest.segmentation!r} is not available")  # guarded by config
+        return df.select("*", *nulls)
+    from cxrspark.segmentation.weights import resolve
+
+    lungs = cfg.ingest.lungs
+    resolve(lungs.weights)  # raises SegmenterError with the reason
+    udf = make_segment_udf(weights=lungs.weights, stored_image=lungs.stored_image, crop_margin=lungs.crop_margin,
+                           batch_size=lungs.batch_size, threads=lungs.threads, threshold=lungs.threshold,
+                           min_area=lungs.min_area, max_area=lungs.max_area, max_components=lungs.max_components)
+    return (df.withColumn("_s", udf(F.col("image"), F.col("height")))
+            .select(*[c for c in df.columns if c != "image"], "_s.*").drop("_s"))
 
 
 def output_files(count: int, rows_per_file: int = 2000) -> int:

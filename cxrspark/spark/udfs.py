@@ -1,14 +1,21 @@
-"""pandas UDFs over cxrspark.images: decode + hash + contrast + resize, one Arrow batch at a time.
+"""pandas UDFs over cxrspark.images and cxrspark.segmentation, one Arrow batch at a time.
 
-A bad file never fails the task: its error goes into the ``decode_error`` column with a reason code
-("corrupt_image: ...") and the pipeline quarantines the row.
+- ``make_prepare_udf``: decode + hash + contrast + resize. A bad file never fails the task: its error
+  goes into the ``decode_error`` column with a reason code ("corrupt_image: ...") and the pipeline
+  quarantines the row.
+- ``make_segment_udf``: lung masks with the U-Net. The model is loaded once per Python worker (a
+  module-level cache that outlives tasks, as Spark reuses its Python workers) and run on batches.
 """
 from __future__ import annotations
 
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
 import pandas as pd
 from pyspark.sql.functions import pandas_udf
 
-from cxrspark.schema import DECODED_DDL
+from cxrspark.schema import DECODED_DDL, SEGMENTED_DDL
 
 
 def prepare_one(path: str, *, size: int, resize_mode: str, contrast: str, max_pixels: int,
@@ -55,3 +62,66 @@ def make_prepare_udf(*, size: int, resize_mode: str, contrast: str, max_pixels: 
         return pd.DataFrame(rows, columns=[c.split()[0] for c in DECODED_DDL.split(", ")])
 
     return prepare_images
+
+
+# ---- lung segmentation --------------------------------------------------------------------------
+_SEGMENTERS: dict[tuple, Any] = {}
+#: how many times this Python process built a segmenter (read by the tests: once per worker)
+LOADS = {"count": 0}
+
+
+def segmenter(weights: str | None, threads: int, batch_size: int):
+    """The process's LungSegmenter for these weights (built on first use, then reused)."""
+    key = (weights, threads, batch_size)
+    if key not in _SEGMENTERS:
+        import os
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        import tensorflow as tf
+
+        from cxrspark.segmentation.inference import LungSegmenter
+        try:
+            tf.config.threading.set_intra_op_parallelism_threads(threads)
+            tf.config.threading.set_inter_op_parallelism_threads(1)
+        except RuntimeError:  # TensorFlow already running in this process: keep its setting
+            pass
+        _SEGMENTERS[key] = LungSegmenter(weights, batch_size=batch_size)
+        LOADS["count"] += 1
+    return _SEGMENTERS[key]
+
+
+def segment_batch(seg, images: list[bytes | None], heights: list, *, stored_image: str, crop_margin: float,
+                  threshold: float, min_area: float, max_area: float, max_components: int) -> pd.DataFrame:
+    """Segment one batch of stored images (raw uint8 bytes, square); rows without an image stay null."""
+    from cxrspark.segmentation.masks import analyse, encode_mask
+
+    cols = [c.split()[0] for c in SEGMENTED_DDL.split(", ")]
+    rows: list[dict[str, Any]] = [dict.fromkeys(cols) for _ in images]
+    by_size: dict[int, list[int]] = {}
+    for i, (data, h) in enumerate(zip(images, heights)):
+        if data is not None and h is not None and not pd.isna(h):
+            by_size.setdefault(int(h), []).append(i)
+    for s, idx in by_size.items():
+        stack = np.stack([np.frombuffer(images[i], dtype=np.uint8).reshape(s, s) for i in idx])
+        probs = seg.probabilities(stack)
+        for i, img, prob in zip(idx, stack, probs):
+            r = analyse(img, prob, stored_image=stored_image, crop_margin=crop_margin, threshold=threshold,
+                        min_area=min_area, max_area=max_area, max_components=max_components)
+            rows[i] = {"image": r.image.tobytes(), "lung_mask": encode_mask(r.mask),
+                       "lung_area_fraction": r.qc.area_fraction, "lung_components": r.qc.components,
+                       "lung_mask_ok": r.qc.ok, "lung_qc": r.qc.reason}
+    return pd.DataFrame(rows, columns=cols)
+
+
+def make_segment_udf(*, weights: str | None, stored_image: str, crop_margin: float, batch_size: int,
+                     threads: int, threshold: float, min_area: float, max_area: float, max_components: int):
+    """A pandas UDF: (image, height) -> struct of SEGMENTED_DDL (the stored image and the lung columns)."""
+    opts = dict(stored_image=stored_image, crop_margin=crop_margin, threshold=threshold, min_area=min_area,
+                max_area=max_area, max_components=max_components)
+
+    @pandas_udf(SEGMENTED_DDL)
+    def segment_lungs(batches: Iterator[tuple[pd.Series, pd.Series]]) -> Iterator[pd.DataFrame]:
+        seg = segmenter(weights, threads, batch_size)
+        for images, heights in batches:
+            yield segment_batch(seg, list(images), list(heights), **opts)
+
+    return segment_lungs

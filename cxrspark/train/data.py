@@ -45,8 +45,11 @@ class DatasetInfo:
     image_size: int
     classes: list[str]
     dataset_hash: str
-    #: split -> class -> number of curated images
+    #: split -> class -> number of curated images (training split: without lung-flagged images when
+    #: ``exclude_lung_flagged``)
     counts: dict[str, dict[str, int]]
+    #: leave out training images whose lung mask failed QC (lung_mask_ok = false)
+    exclude_lung_flagged: bool = False
 
     def url(self, split: str) -> str:
         return f"file://{self.root}/curated/{split}"
@@ -60,7 +63,8 @@ class DatasetInfo:
         return sum(pq.ParquetFile(f).metadata.num_row_groups for f in files)
 
 
-def load_dataset_info(root: str | Path) -> DatasetInfo:
+def load_dataset_info(root: str | Path, exclude_lung_flagged: bool = False,
+                      train_split: str = "train") -> DatasetInfo:
     root = Path(root).resolve()
     summary = root / "summary.json"
     if not summary.is_file():
@@ -68,10 +72,14 @@ def load_dataset_info(root: str | Path) -> DatasetInfo:
                            f"or point train.dataset at its ingest.output folder")
     s = json.loads(summary.read_text())
     counts: dict[str, dict[str, int]] = {sp: {c: 0 for c in s["classes"]} for sp in s["splits"]}
+    if exclude_lung_flagged and s.get("lungs", {}).get("segmentation", "none") == "none":
+        raise DatasetError(f"train.exclude_lung_flagged needs lung QC columns, but {root} was ingested "
+                           f"without segmentation; re-run ingest with ingest.segmentation: unet")
     for row in s["curated_table"]:
-        counts[row["split"]][row["label"]] += row["n"]
+        drop = (row.get("lung_flagged") or 0) if exclude_lung_flagged and row["split"] == train_split else 0
+        counts[row["split"]][row["label"]] += row["n"] - drop
     return DatasetInfo(root, int(s["config"]["ingest"]["image_size"]), list(s["classes"]),
-                       s["dataset_hash"], counts)
+                       s["dataset_hash"], counts, exclude_lung_flagged)
 
 
 # ---- readers ------------------------------------------------------------------------------------
@@ -85,7 +93,8 @@ def _reader(info: DatasetInfo, split: str, rank: int, size: int, *, repeat: bool
     by_row_group = shard and size > 1 and info.row_groups(split) >= size
     deterministic = shard and size > 1 and not by_row_group
     kwargs: dict[str, Any] = dict(cur_shard=rank, shard_count=size) if by_row_group else {}
-    reader = make_batch_reader(info.url(split), schema_fields=FIELDS, num_epochs=None if repeat else 1,
+    fields = FIELDS + (["lung_mask_ok"] if info.exclude_lung_flagged else [])
+    reader = make_batch_reader(info.url(split), schema_fields=fields, num_epochs=None if repeat else 1,
                                shuffle_row_groups=shuffle and not deterministic, seed=seed,
                                workers_count=1 if deterministic else workers, **kwargs)
     return reader, deterministic
@@ -146,7 +155,10 @@ def train_dataset(info: DatasetInfo, tcfg, rank: int, size: int, stack: contextl
         reader, thin = _reader(info, split, rank, size, repeat=True, shuffle=True, seed=seed,
                                workers=tcfg.reader_workers, shard=shard)
         stack.callback(lambda: (reader.stop(), reader.join()))
-        ds = _rows(reader, thin, rank, size).map(decode, num_parallel_calls=tf.data.AUTOTUNE)
+        ds = _rows(reader, thin, rank, size)
+        if info.exclude_lung_flagged:
+            ds = ds.filter(lambda row: row.lung_mask_ok)
+        ds = ds.map(decode, num_parallel_calls=tf.data.AUTOTUNE)
         if keep is not None:
             ds = ds.filter(lambda x, y: keep(tf.argmax(y, output_type=tf.int32)))
         return ds.shuffle(tcfg.shuffle_buffer, seed=seed)

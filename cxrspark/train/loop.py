@@ -254,7 +254,7 @@ def run_training(cfg: Config, *, resume: bool = False) -> dict[str, Any]:
     _set_threads(hvd.local_size())
     tcfg = cfg.train
     tf.keras.utils.set_random_seed(tcfg.seed)
-    info = tdata.load_dataset_info(tcfg.dataset)
+    info = tdata.load_dataset_info(tcfg.dataset, tcfg.exclude_lung_flagged, tcfg.train_split)
     out = Path(tcfg.output).resolve()
     checkpoints = out / "checkpoints"
 
