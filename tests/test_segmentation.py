@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from cxrspark.segmentation import masks as M
@@ -162,3 +163,245 @@ def test_analyse_stores_the_chosen_image():
     assert cropped.image.shape == (100, 100) and cropped.image[0].max() == 0  # padding of the 60x70 box
     none = M.analyse(image, np.zeros((100, 100), np.float32), stored_image="lung_crop")
     assert none.image is image and not none.qc.ok and none.qc.reason == "no_lungs_found"
+
+
+# ---- verified weights -----------------------------------------------------------------------------
+def _tiny_published(folder: Path, base_filters: int = 2) -> Path:
+    from cxrspark.segmentation.unet import build_unet
+    from cxrspark.segmentation.weights import publish
+
+    model = build_unet(32, base_filters, 1)
+    return publish(model, folder, {"architecture": {"size": 32, "base_filters": base_filters, "depth": 1}},
+                   "# tiny\n")
+
+
+def test_published_weights_load_and_verify(tmp_path):
+    from cxrspark.segmentation.weights import load_unet, resolve
+
+    folder = _tiny_published(tmp_path / "w")
+    weights, manifest = resolve(folder)
+    assert weights.name == "lung_unet.h5" and manifest["bytes"] == weights.stat().st_size
+    model, _ = load_unet(folder / "lung_unet.h5")  # the file itself works too
+    assert model.input_shape == (None, 32, 32, 1)
+
+
+def test_weights_errors_are_clear(tmp_path):
+    from cxrspark.segmentation.weights import SegmenterError, load_unet, sha256_file
+
+    with pytest.raises(SegmenterError, match="no manifest.json in .*nowhere.*train_segmenter"):
+        load_unet(tmp_path / "nowhere")
+    folder = _tiny_published(tmp_path / "w")
+    h5 = folder / "lung_unet.h5"
+    data = h5.read_bytes()
+    h5.unlink()
+    with pytest.raises(SegmenterError, match="lung_unet.h5 is missing"):
+        load_unet(folder)
+    h5.write_bytes(data[:-100])
+    with pytest.raises(SegmenterError, match=r"has \d+ bytes, the manifest says \d+ \(truncated"):
+        load_unet(folder)
+    h5.write_bytes(data[:-1] + bytes([data[-1] ^ 0xFF]))
+    with pytest.raises(SegmenterError, match="sha256 .* does not match"):
+        load_unet(folder)
+    # the right file for ANOTHER architecture than the manifest says
+    other = _tiny_published(tmp_path / "other", base_filters=4)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    (folder / "lung_unet.h5").write_bytes((other / "lung_unet.h5").read_bytes())
+    manifest.update(bytes=(folder / "lung_unet.h5").stat().st_size, sha256=sha256_file(folder / "lung_unet.h5"))
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(SegmenterError, match="does not fit the architecture"):
+        load_unet(folder)
+    (folder / "manifest.json").write_text("{}")
+    with pytest.raises(SegmenterError, match="not a valid manifest"):
+        load_unet(folder)
+
+
+def test_bundled_weights_are_verified_and_carry_their_card():
+    from cxrspark.segmentation.weights import BUNDLED, load_unet
+
+    model, manifest = load_unet()
+    card = (BUNDLED / "CARD.md").read_text()
+    assert manifest["validation"]["none"]["dice"] >= 0.90
+    assert f"{manifest['validation']['none']['dice']:.4f}" in card and manifest["trained"]["commit"] in card
+    assert model.input_shape[1] == manifest["architecture"]["size"]
+
+
+# ---- training job: real horovodrun, real MLflow store ---------------------------------------------
+@pytest.mark.slow
+def test_train_segmenter_with_horovodrun_logs_and_publishes(tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    from cxrspark.sample import make_lung_sample
+    from cxrspark.segmentation.weights import load_unet
+
+    sample = make_lung_sample(tmp_path / "raw", patients=10, images_per_patient=2)
+    db = f"sqlite:///{tmp_path}/mlflow.db"
+    cmd = ["horovodrun", "--gloo", "-np", "2", "-H", "localhost:2", sys.executable,
+           str(REPO / "jobs/train_segmenter.py"), "--config", str(REPO / "conf/segmenter.yaml"),
+           "--set", f"segmenter.annotations={sample['annotations']}", "--set", f"segmenter.images={sample['images']}",
+           "--set", f"segmenter.output={tmp_path / 'seg'}", "--set", f"segmenter.publish={tmp_path / 'published'}",
+           "--set", "segmenter.size=64", "--set", "segmenter.base_filters=4", "--set", "segmenter.depth=2",
+           "--set", "segmenter.epochs=3", "--set", "segmenter.batch_size=4",
+           "--set", f"segmenter.mlflow.tracking_uri={db}"]
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "TF_CPP_MIN_LOG_LEVEL": "2"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=420, cwd=REPO, env=env)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    # both problems of the generated set are reported, by rank 0 only
+    assert proc.stdout.count("annotation not used:") == 2
+    model, manifest = load_unet(tmp_path / "published")
+    assert manifest["counts"]["usable"] == 20 and manifest["counts"]["problems"] == 2
+    assert manifest["counts"]["val_patients"] == 2 and manifest["trained"]["ranks"] == 2
+    client = MlflowClient(db)
+    run = client.get_run(manifest["trained"]["mlflow_run_id"])
+    assert run.info.status == "FINISHED" and run.data.params["ranks"] == "2"
+    assert abs(run.data.metrics["final_val_dice_none"] - manifest["validation"]["none"]["dice"]) < 1e-3
+    assert len(client.get_metric_history(run.info.run_id, "val_dice")) == 3
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "eval")}
+    assert {"eval/val_per_image.json", "eval/val_worst_and_best.png"} <= artifacts
+    assert {a.path for a in client.list_artifacts(run.info.run_id, "lung_unet")} >= {"lung_unet/lung_unet.h5",
+                                                                                        "lung_unet/CARD.md"}
+
+
+# ---- the Spark UDF ----------------------------------------------------------------------------------
+def test_segment_udf_loads_the_model_once_per_python_worker(spark, tmp_path):
+    from pyspark.sql.functions import pandas_udf
+
+    from cxrspark.spark import udfs
+
+    weights = str(_tiny_published(tmp_path / "w"))
+    rng = np.random.default_rng(0)
+    rows = [(i, rng.integers(0, 255, (48, 48), dtype=np.uint8).tobytes(), 48) for i in range(64)]
+    df = spark.createDataFrame(rows, "i int, image binary, height int").repartition(8)
+    seg = udfs.make_segment_udf(weights=weights, stored_image="lung_masked", crop_margin=0.05, batch_size=4,
+                                threads=1, threshold=0.5, min_area=0.08, max_area=0.65, max_components=2)
+
+    @pandas_udf("pid int, loads int")
+    def probe(i: pd.Series) -> pd.DataFrame:
+        udfs.segmenter(weights, 1, 4)  # the same cache key as the UDF above: no new load
+        return pd.DataFrame({"pid": [os.getpid()] * len(i), "loads": [udfs.LOADS["count"]] * len(i)})
+
+    previous = spark.conf.get("spark.sql.execution.arrow.maxRecordsPerBatch")
+    spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", "3")  # many batches per task
+    try:
+        out = df.withColumn("s", seg("image", "height")).select("i", "s.*").cache()
+        assert out.count() == 64
+        workers = {(r["pid"], r["loads"]) for r in out.select(probe("i").alias("p")).select("p.*").collect()}
+    finally:
+        spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", previous)
+    assert len({pid for pid, _ in workers}) <= 2  # local[2]: 8 tasks ran in reused workers
+    assert {loads for _, loads in workers} == {1}  # ... each of which built the model once
+    got = out.orderBy("i").collect()
+    assert all(r["lung_mask"] is not None and r["lung_mask_ok"] is not None for r in got)
+    for r in got[:8]:  # lung_masked: zero outside the stored mask
+        mask = M.decode_mask(r["lung_mask"])
+        image = np.frombuffer(r["image"], np.uint8).reshape(48, 48)
+        assert mask.shape == (48, 48) and not image[mask == 0].any()
+
+
+def test_ingest_with_unet_fills_the_lung_columns(spark, tmp_path):
+    import yaml
+    from pyspark.sql import functions as F
+
+    from cxrspark.config import load_config
+    from cxrspark.ingest.pipeline import run_ingest
+    from cxrspark.sample import make_sample_tree, sources_config
+
+    manifest = make_sample_tree(tmp_path / "raw", seed=0)
+    f = tmp_path / "sources.yaml"
+    f.write_text(yaml.safe_dump({"sources": sources_config(manifest)}))
+    cfg = load_config([REPO / "conf/ingest.yaml", f], [f"ingest.output={tmp_path / 'ds'}", "ingest.segmentation=unet",
+                                                     "ingest.lungs.stored_image=lung_crop"])
+    summary = run_ingest(spark, cfg, log=lambda _: None)
+    assert summary["counts"] == manifest["expected"]  # segmentation changes no outcome
+    curated = spark.read.parquet(str(tmp_path / "ds" / "curated" / "*"))
+    n = curated.count()
+    filled = curated.where(F.col("lung_mask").isNotNull() & F.col("lung_area_fraction").isNotNull()
+                           & F.col("lung_components").isNotNull() & F.col("lung_mask_ok").isNotNull()).count()
+    assert filled == n == summary["lungs"]["segmented"]
+    flagged = curated.where(~F.col("lung_mask_ok")).count()
+    assert summary["lungs"]["flagged"] == flagged
+    assert sum(r["lung_flagged"] for r in summary["curated_table"]) == flagged
+    assert curated.where(F.col("lung_mask_ok") == F.col("lung_qc").isNotNull()).count() == 0  # reason iff flagged
+    assert summary["lungs"]["stored_image"] == "lung_crop" and len(summary["lungs"]["weights_sha256"]) == 64
+
+    from cxrspark.train.data import DatasetError, load_dataset_info
+    info = load_dataset_info(tmp_path / "ds", exclude_lung_flagged=True)
+    train_flagged = curated.where((F.col("split") == "train") & ~F.col("lung_mask_ok")).count()
+    assert info.size("train") == load_dataset_info(tmp_path / "ds").size("train") - train_flagged
+    assert info.size("val") == load_dataset_info(tmp_path / "ds").size("val")  # evaluation keeps everything
+
+
+def test_segmentation_config_and_missing_weights_fail_before_any_work(spark, tmp_path, sample_dataset):
+    from cxrspark.config import ConfigError, load_config
+    from cxrspark.ingest.pipeline import run_ingest
+    from cxrspark.segmentation.weights import SegmenterError
+    from cxrspark.train.data import DatasetError, load_dataset_info
+
+    with pytest.raises(ConfigError, match="ingest.lungs.stored_image"):
+        load_config([REPO / "conf/ingest.yaml"], ["ingest.lungs.stored_image=cropped"])
+    with pytest.raises(ConfigError, match="'ingest.segmentation' must be one of none, unet"):
+        load_config([REPO / "conf/ingest.yaml"], ["ingest.segmentation=lungfinder"])
+    with pytest.raises(DatasetError, match="ingested without segmentation"):
+        load_dataset_info(sample_dataset, exclude_lung_flagged=True)
+    from cxrspark.sample import make_sample_tree, sources_config
+    import yaml
+    manifest = make_sample_tree(tmp_path / "raw", seed=1)
+    f = tmp_path / "sources.yaml"
+    f.write_text(yaml.safe_dump({"sources": sources_config(manifest)}))
+    cfg = load_config([REPO / "conf/ingest.yaml", f], [f"ingest.output={tmp_path / 'ds'}", "ingest.segmentation=unet",
+                                                     f"ingest.lungs.weights={tmp_path / 'missing'}"])
+    with pytest.raises(SegmenterError, match="no manifest.json"):
+        run_ingest(spark, cfg, log=lambda _: None)
+    assert not (tmp_path / "ds").exists()
+
+
+@pytest.mark.realdata
+def test_udf_on_real_images_gives_plausible_lungs_and_matches_direct_inference(spark, real_data):
+    from pyspark.sql import functions as F
+
+    from cxrspark.segmentation.inference import LungSegmenter
+    from cxrspark.spark import udfs
+
+    files = (sorted((real_data / "cohen" / "images").glob("*"))[:16]
+             + sorted((real_data / "darkcovidnet").rglob("No_findings/*.png"))[:12]
+             + sorted((real_data / "darkcovidnet").rglob("Pneumonia/*.png"))[:12]
+             + sorted((real_data / "kermany").rglob("*.jpeg"))[:12])
+    prep = udfs.make_prepare_udf(size=224, resize_mode="pad", contrast="none", max_pixels=50_000_000,
+                                 max_file_bytes=2**26, jpeg_draft=True)
+    seg = udfs.make_segment_udf(weights=None, stored_image="full", crop_margin=0.05, batch_size=8, threads=1,
+                                threshold=0.5, min_area=0.08, max_area=0.65, max_components=2)
+    df = (spark.createDataFrame([(str(p),) for p in files], "path string").repartition(4)
+          .withColumn("d", prep("path")).select("path", "d.*").where(F.col("decode_error").isNull())
+          .withColumn("s", seg("image", "height")).select("path", "s.*"))
+    rows = sorted(df.collect(), key=lambda r: r["path"])
+    assert len(rows) >= 48  # a few cohen files are CT or lateral; all decode
+    areas = np.array([r["lung_area_fraction"] for r in rows])
+    ok = np.array([r["lung_mask_ok"] for r in rows])
+    assert ok.mean() >= 0.85, [(r["path"], r["lung_qc"]) for r in rows if not r["lung_mask_ok"]]
+    assert 0.15 < float(np.median(areas)) < 0.5
+    # Spark gives the masks one process gives for the same images
+    direct = LungSegmenter()
+    images = np.stack([np.frombuffer(r["image"], np.uint8).reshape(224, 224) for r in rows[:16]])
+    for r, prob in zip(rows[:16], direct.probabilities(images)):
+        expected, _ = M.clean_mask(prob)
+        assert (M.decode_mask(r["lung_mask"]) == expected).mean() > 0.999
+
+
+def test_bundled_weights_load_when_cxrspark_is_imported_from_a_zip(tmp_path):
+    """Cluster executors import cxrspark from spark-submit.sh's --py-files zip."""
+    import zipfile
+
+    archive = tmp_path / "cxrspark.zip"
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as z:
+        for p in sorted((REPO / "cxrspark").rglob("*")):
+            if p.is_file() and "__pycache__" not in p.parts:
+                z.write(p, p.relative_to(REPO).as_posix())
+    code = ("import cxrspark.segmentation.weights as w; f, m = w.resolve(None); "
+            "print(w.__file__); print(f); print(m['sha256'])")
+    env = {**os.environ, "PYTHONPATH": str(archive), "TMPDIR": str(tmp_path / "tmp")}
+    (tmp_path / "tmp").mkdir()
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, env=env,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    module, weights, sha = proc.stdout.split()
+    assert module.startswith(str(archive)) and weights.startswith(str(tmp_path / "tmp"))
+    assert sha == json.loads((REPO / "cxrspark/segmentation/lung_unet/manifest.json").read_text())["sha256"]

@@ -157,8 +157,10 @@ def _run(spark: SparkSession, cfg: Config, out: AtomicDir, log: Callable[[str], 
     fp_rows = sorted(f"{r['record_id']}|{r['pixel_sha256']}|{r['split']}|{r['label']}"
                      for r in read[CURATED].select("record_id", "pixel_sha256", "split", "label").collect())
     config = to_dict(cfg)
-    dataset_hash = hashlib.sha256(("\n".join(fp_rows) + json.dumps(config["ingest"], sort_keys=True))
-                                  .encode()).hexdigest()
+    lungs = _lung_summary(read[CURATED], cfg)
+    # the U-Net's weights change the stored images and masks: they are part of the dataset's identity
+    dataset_hash = hashlib.sha256(("\n".join(fp_rows) + json.dumps(config["ingest"], sort_keys=True)
+                                   + lungs.get("weights_sha256", "")).encode()).hexdigest()
     shutil.rmtree(out.path("_work"), ignore_errors=True)
     return {
         "cxrspark_version": cxrspark.__version__,
@@ -173,7 +175,7 @@ def _run(spark: SparkSession, cfg: Config, out: AtomicDir, log: Callable[[str], 
                   "linked_patient_keys": len(dd.patient_links), "threshold": ing.dedup.phash_threshold,
                   "min_correlation": ing.dedup.min_correlation,
                   "keep_rule": KEEP_RULE},
-        "lungs": _lung_summary(read[CURATED], cfg),
+        "lungs": lungs,
         "source_problems": source_problems,
         "dataset_hash": dataset_hash,
         "config": config,

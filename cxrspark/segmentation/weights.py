@@ -34,9 +34,38 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
+def bundled_folder() -> Path:
+    """The bundled weights folder. When cxrspark is imported from a zip (``spark-submit --py-files``,
+    as on cluster executors) its files are extracted once to the temp directory; the size and hash
+    check that follows still applies to the extracted copy."""
+    if BUNDLED.is_dir():
+        return BUNDLED
+    import tempfile
+    import zipfile
+
+    archive = next((p for p in BUNDLED.parents if p.is_file() and zipfile.is_zipfile(p)), None)
+    if archive is None:
+        return BUNDLED  # not found: resolve() reports it
+    inner = BUNDLED.relative_to(archive).as_posix() + "/"
+    stat = archive.stat()
+    target = Path(tempfile.gettempdir()) / f"cxrspark-lung_unet-{stat.st_size}-{int(stat.st_mtime)}"
+    if not (target / MANIFEST_FILE).is_file():
+        tmp = Path(tempfile.mkdtemp(prefix="cxrspark-lung_unet-", dir=target.parent))
+        with zipfile.ZipFile(archive) as zf:
+            for name in zf.namelist():
+                if name.startswith(inner) and not name.endswith("/"):
+                    (tmp / name[len(inner):]).write_bytes(zf.read(name))
+        try:
+            tmp.rename(target)
+        except OSError:  # another worker extracted it first
+            import shutil
+            shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
 def resolve(location: str | Path | None) -> tuple[Path, dict[str, Any]]:
     """(weights file, manifest) of a weights folder (None: the bundled one), verified by size and hash."""
-    folder = Path(location) if location else BUNDLED
+    folder = Path(location) if location else bundled_folder()
     if folder.is_file():  # the weights file itself: its manifest sits beside it
         folder = folder.parent
     manifest_path = folder / MANIFEST_FILE

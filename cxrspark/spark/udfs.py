@@ -9,7 +9,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, Tuple  # pandas_udf type hints need typing.Tuple
 
 import numpy as np
 import pandas as pd
@@ -119,7 +119,7 @@ def make_segment_udf(*, weights: str | None, stored_image: str, crop_margin: flo
                 max_area=max_area, max_components=max_components)
 
     @pandas_udf(SEGMENTED_DDL)
-    def segment_lungs(batches: Iterator[tuple[pd.Series, pd.Series]]) -> Iterator[pd.DataFrame]:
+    def segment_lungs(batches: Iterator[Tuple[pd.Series, pd.Series]]) -> Iterator[pd.DataFrame]:
         seg = segmenter(weights, threads, batch_size)
         for images, heights in batches:
             yield segment_batch(seg, list(images), list(heights), **opts)

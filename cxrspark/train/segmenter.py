@@ -167,6 +167,7 @@ def run_segmenter_training(cfg: Config, command: str = "") -> dict[str, Any]:
     sg = cfg.segmenter
     tf.keras.utils.set_random_seed(sg.seed + rank)
     started = time.time()
+    commit = _git_commit() if rank == 0 else ""  # the code that trains, taken before training starts
     data = annotated_set(cfg)
     train_idx, val_idx = patient_split(data.patient_keys, sg.val_fraction, sg.seed)
     train, val = data.subset(train_idx), data.subset(val_idx)
@@ -208,7 +209,7 @@ def run_segmenter_training(cfg: Config, command: str = "") -> dict[str, Any]:
                   "history": validation.history, "validation": final, "mlflow_run_id": run_id,
                   "seconds": round(time.time() - started, 1)}
         if rank == 0:
-            _report(model, val, final, result, cfg, command)
+            _report(model, val, final, result, cfg, command, commit)
     except BaseException:
         if rank == 0:
             import mlflow
@@ -219,7 +220,7 @@ def run_segmenter_training(cfg: Config, command: str = "") -> dict[str, Any]:
 
 
 def _report(model, val: AnnotatedSet, final: dict[str, Any], result: dict[str, Any], cfg: Config,
-            command: str) -> None:
+            command: str, commit: str) -> None:
     import mlflow
     import pandas as pd
 
@@ -248,7 +249,7 @@ def _report(model, val: AnnotatedSet, final: dict[str, Any], result: dict[str, A
         "validation": {c: {k: round(final[c][k], 4) for k in ("dice", "iou", "dice_raw", "iou_raw", "dice_min")}
                        for c in val.contrasts},
         "counts": result["counts"], "best_epoch": result["best_epoch"],
-        "trained": {"command": command, "commit": _git_commit(), "ranks": result["size"],
+        "trained": {"command": command, "commit": commit, "ranks": result["size"],
                     "seconds": result["seconds"], "mlflow_run_id": result["mlflow_run_id"],
                     "annotations": sg.annotations, "images": sg.images, "config": to_dict(sg)},
     }
