@@ -25,7 +25,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-OPTS = dict(stored_image="full", crop_margin=0.05, threshold=0.5, min_area=0.08, max_area=0.65, max_components=2)
+OPTS = dict(stored_image="full", crop_margin=0.05, threshold=0.5, min_area=0.08, max_area=0.65, max_components=2,
+            min_region=0.01)
 
 
 def prepared_images(data: Path, n: int, size: int) -> list[bytes]:

@@ -69,11 +69,13 @@ class LungsConfig:
     threads: int = 1
     threshold: float = 0.5
     #: QC: a mask is plausible when its lung area fraction is within [min_area, max_area] and the
-    #: raw prediction has at most max_components regions (over 0.5% of the image each). Hand-drawn
-    #: masks of the real annotations cover 0.09-0.55 of a padded image, always in 2 regions.
+    #: raw prediction has at most max_components regions of at least min_region of the image each.
+    #: Hand-drawn masks of the real annotations cover 0.09-0.55 of a padded image, always in 2 regions.
+    #: Smaller regions are dropped from the stored mask without counting against it.
     min_area: float = 0.08
     max_area: float = 0.65
     max_components: int = 2
+    min_region: float = 0.01
 
 
 @dataclass
@@ -455,9 +457,10 @@ def _validate(cfg: Config) -> None:
     lungs = ing.lungs
     if not (0.0 <= lungs.min_area < lungs.max_area <= 1.0 and 0.0 < lungs.threshold < 1.0
             and 0.0 <= lungs.crop_margin <= 1.0 and lungs.batch_size >= 1 and lungs.threads >= 1
-            and lungs.max_components >= 1):
+            and lungs.max_components >= 1 and 0.0 < lungs.min_region < lungs.min_area):
         raise ConfigError("'ingest.lungs': need 0 <= min_area < max_area <= 1, 0 < threshold < 1, "
-                          "0 <= crop_margin <= 1, batch_size, threads and max_components >= 1")
+                          "0 <= crop_margin <= 1, batch_size, threads and max_components >= 1, "
+                          "0 < min_region < min_area")
     _validate_train(cfg.train)
     _validate_segmenter(cfg.segmenter)
     names = [s.name for s in cfg.sources]

@@ -67,7 +67,7 @@ DECODED_DDL = (
 )
 
 # Columns of the lung segmentation stage (cxrspark.spark.udfs.make_segment_udf): the stored image
-# (full, lung-cropped or lung-masked), the lung mask as a 1-bit PNG in the stored image's frame, and QC.
+# (full, lung-cropped or lung-masked), the lung mask as a 1-bit PNG in the full (uncropped) image's frame, and QC.
 # With ``ingest.segmentation: none`` the lung columns are null.
 SEGMENTED_DDL = (
     "image binary, lung_mask binary, lung_area_fraction double, lung_components int, "

@@ -272,7 +272,8 @@ def test_segment_udf_loads_the_model_once_per_python_worker(spark, tmp_path):
     rows = [(i, rng.integers(0, 255, (48, 48), dtype=np.uint8).tobytes(), 48) for i in range(64)]
     df = spark.createDataFrame(rows, "i int, image binary, height int").repartition(8)
     seg = udfs.make_segment_udf(weights=weights, stored_image="lung_masked", crop_margin=0.05, batch_size=4,
-                                threads=1, threshold=0.5, min_area=0.08, max_area=0.65, max_components=2)
+                                threads=1, threshold=0.5, min_area=0.08, max_area=0.65, max_components=2,
+                                min_region=0.01)
 
     @pandas_udf("pid int, loads int")
     def probe(i: pd.Series) -> pd.DataFrame:
@@ -368,7 +369,8 @@ def test_udf_on_real_images_gives_plausible_lungs_and_matches_direct_inference(s
     prep = udfs.make_prepare_udf(size=224, resize_mode="pad", contrast="none", max_pixels=50_000_000,
                                  max_file_bytes=2**26, jpeg_draft=True)
     seg = udfs.make_segment_udf(weights=None, stored_image="full", crop_margin=0.05, batch_size=8, threads=1,
-                                threshold=0.5, min_area=0.08, max_area=0.65, max_components=2)
+                                threshold=0.5, min_area=0.08, max_area=0.65, max_components=2,
+                                min_region=0.01)
     df = (spark.createDataFrame([(str(p),) for p in files], "path string").repartition(4)
           .withColumn("d", prep("path")).select("path", "d.*").where(F.col("decode_error").isNull())
           .withColumn("s", seg("image", "height")).select("path", "s.*"))

@@ -200,7 +200,8 @@ def _lung_summary(curated: DataFrame, cfg: Config) -> dict:
             "weights_sha256": manifest["sha256"], "segmented": int(stats["segmented"]),
             "flagged": int(stats["flagged"] or 0), "reasons": dict(sorted(reasons.items())),
             "area_fraction_quantiles": dict(zip(("p01", "p05", "p50", "p95", "p99"), stats["q"] or [])),
-            "qc": {k: getattr(ing.lungs, k) for k in ("threshold", "min_area", "max_area", "max_components")}}
+            "qc": {k: getattr(ing.lungs, k) for k in ("threshold", "min_area", "max_area", "max_components",
+                                                   "min_region")}}
 
 
 def _label_index(classes: list[str]):

@@ -102,7 +102,8 @@ def segment(df: DataFrame, cfg: Config) -> DataFrame:
     resolve(lungs.weights)  # raises SegmenterError with the reason
     udf = make_segment_udf(weights=lungs.weights, stored_image=lungs.stored_image, crop_margin=lungs.crop_margin,
                            batch_size=lungs.batch_size, threads=lungs.threads, threshold=lungs.threshold,
-                           min_area=lungs.min_area, max_area=lungs.max_area, max_components=lungs.max_components)
+                           min_area=lungs.min_area, max_area=lungs.max_area, max_components=lungs.max_components,
+                           min_region=lungs.min_region)
     return (df.withColumn("_s", udf(F.col("image"), F.col("height")))
             .select(*[c for c in df.columns if c != "image"], "_s.*").drop("_s"))
 

@@ -217,12 +217,12 @@ class LungResult:
 
 def analyse(image: np.ndarray, prob: np.ndarray, *, stored_image: str = "full", crop_margin: float = 0.05,
             threshold: float = 0.5, min_area: float = 0.08, max_area: float = 0.65,
-            max_components: int = 2) -> LungResult:
+            max_components: int = 2, min_region: float = 0.01) -> LungResult:
     """Probability map -> cleaned mask, QC, and the stored image. An implausible mask still gives
     a result (flagged in ``qc``); with no lungs at all a crop or mask falls back to the full image."""
     if stored_image not in STORED_IMAGES:
         raise ValueError(f"stored_image must be one of {STORED_IMAGES}, not {stored_image!r}")
-    mask, components = clean_mask(prob, threshold)
+    mask, components = clean_mask(prob, threshold, min_component=min_region)
     qc = lung_qc(mask, components, min_area=min_area, max_area=max_area, max_components=max_components)
     if stored_image == "lung_crop":
         stored = crop_to_lungs(image, mask, crop_margin)

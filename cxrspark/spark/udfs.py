@@ -90,7 +90,8 @@ def segmenter(weights: str | None, threads: int, batch_size: int):
 
 
 def segment_batch(seg, images: list[bytes | None], heights: list, *, stored_image: str, crop_margin: float,
-                  threshold: float, min_area: float, max_area: float, max_components: int) -> pd.DataFrame:
+                  threshold: float, min_area: float, max_area: float, max_components: int,
+                  min_region: float) -> pd.DataFrame:
     """Segment one batch of stored images (raw uint8 bytes, square); rows without an image stay null."""
     from cxrspark.segmentation.masks import analyse, encode_mask
 
@@ -105,7 +106,8 @@ def segment_batch(seg, images: list[bytes | None], heights: list, *, stored_imag
         probs = seg.probabilities(stack)
         for i, img, prob in zip(idx, stack, probs):
             r = analyse(img, prob, stored_image=stored_image, crop_margin=crop_margin, threshold=threshold,
-                        min_area=min_area, max_area=max_area, max_components=max_components)
+                        min_area=min_area, max_area=max_area, max_components=max_components,
+                        min_region=min_region)
             rows[i] = {"image": r.image.tobytes(), "lung_mask": encode_mask(r.mask),
                        "lung_area_fraction": r.qc.area_fraction, "lung_components": r.qc.components,
                        "lung_mask_ok": r.qc.ok, "lung_qc": r.qc.reason}
@@ -113,10 +115,11 @@ def segment_batch(seg, images: list[bytes | None], heights: list, *, stored_imag
 
 
 def make_segment_udf(*, weights: str | None, stored_image: str, crop_margin: float, batch_size: int,
-                     threads: int, threshold: float, min_area: float, max_area: float, max_components: int):
+                     threads: int, threshold: float, min_area: float, max_area: float, max_components: int,
+                     min_region: float):
     """A pandas UDF: (image, height) -> struct of SEGMENTED_DDL (the stored image and the lung columns)."""
     opts = dict(stored_image=stored_image, crop_margin=crop_margin, threshold=threshold, min_area=min_area,
-                max_area=max_area, max_components=max_components)
+                max_area=max_area, max_components=max_components, min_region=min_region)
 
     @pandas_udf(SEGMENTED_DDL)
     def segment_lungs(batches: Iterator[Tuple[pd.Series, pd.Series]]) -> Iterator[pd.DataFrame]:
