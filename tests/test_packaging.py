@@ -65,3 +65,19 @@ def test_horovod_in_the_venv_has_tensorflow_and_gloo():
     horovodrun = Path(sys.executable).with_name("horovodrun")
     out = subprocess.run([str(horovodrun), "--check-build"], capture_output=True, text=True, timeout=120)
     assert "[X] TensorFlow" in out.stdout and "[X] Gloo" in out.stdout, out.stdout + out.stderr
+
+
+def test_the_wheel_ships_every_package_and_the_bundled_lung_weights(tmp_path):
+    import subprocess
+    import sys
+    import zipfile
+
+    proc = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
+                           "-w", str(tmp_path), str(REPO)], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    (wheel,) = tmp_path.glob("cxrspark-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    packages = {p.parent.relative_to(REPO).as_posix() for p in (REPO / "cxrspark").rglob("*.py")}
+    assert all(f"{pkg}/__init__.py" in names for pkg in packages), sorted(packages)
+    assert {"cxrspark/segmentation/lung_unet/lung_unet.h5", "cxrspark/segmentation/lung_unet/manifest.json",
+            "cxrspark/segmentation/lung_unet/CARD.md"} <= names
