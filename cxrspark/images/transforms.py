@@ -20,20 +20,24 @@ def _check_grey(pixels: np.ndarray) -> None:
         raise ValueError(f"expected a 2-D uint8 image, got {pixels.dtype} {pixels.shape}")
 
 
-def _scaled(pixels: np.ndarray, height: int, width: int) -> np.ndarray:
-    """Bilinear resize to (height, width); antialiased, with a box pre-reduction when shrinking."""
+def _scaled(pixels: np.ndarray, height: int, width: int, resample: str = "bilinear") -> np.ndarray:
+    """Resize to (height, width). Bilinear: antialiased, with a box pre-reduction when shrinking;
+    box: each output pixel is the mean of the input area it covers (masks use it)."""
     h, w = pixels.shape
+    if resample == "box":
+        return np.array(Image.fromarray(pixels).resize((width, height), Image.Resampling.BOX), dtype=np.uint8)
     shrinking = height < h or width < w
     out = Image.fromarray(pixels).resize((width, height), Image.Resampling.BILINEAR,
                                          reducing_gap=REDUCING_GAP if shrinking else None)
     return np.array(out, dtype=np.uint8)
 
 
-def resize(pixels: np.ndarray, size: int, mode: str = "pad") -> np.ndarray:
+def resize(pixels: np.ndarray, size: int, mode: str = "pad", resample: str = "bilinear") -> np.ndarray:
     """Return a (size, size) uint8 image.
 
     'pad': longest side scaled to `size`, aspect kept, centred on black; 'crop': shortest side scaled to
-    `size`, centre crop; 'stretch': both sides scaled to `size` independently.
+    `size`, centre crop; 'stretch': both sides scaled to `size` independently. `resample`: bilinear
+    (images) or box (area means; masks, see cxrspark.segmentation.masks.resize_mask).
     """
     if mode not in RESIZE_MODES:
         raise ValueError(f"unknown resize mode {mode!r}; expected one of {RESIZE_MODES}")
@@ -42,14 +46,14 @@ def resize(pixels: np.ndarray, size: int, mode: str = "pad") -> np.ndarray:
     _check_grey(pixels)
     h, w = pixels.shape
     if mode == "stretch":
-        return _scaled(pixels, size, size)
+        return _scaled(pixels, size, size, resample)
     scale = size / (max(h, w) if mode == "pad" else min(h, w))
     nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
     if mode == "pad":
         nh, nw = min(nh, size), min(nw, size)
     else:
         nh, nw = max(nh, size), max(nw, size)
-    scaled = _scaled(pixels, nh, nw)
+    scaled = _scaled(pixels, nh, nw, resample)
     if mode == "pad":
         out = np.zeros((size, size), dtype=np.uint8)
         top, left = (size - nh) // 2, (size - nw) // 2

@@ -21,7 +21,7 @@ from PIL import Image
 from scipy import ndimage
 from skimage.draw import polygon as fill_polygon
 
-from cxrspark.images.transforms import RESIZE_MODES
+from cxrspark.images.transforms import resize
 
 #: annotation names that mean "lung" (V7 uses "Lung"; compared case-insensitively)
 LUNG_NAMES = ("lung", "left lung", "right lung")
@@ -86,24 +86,9 @@ def rasterise(polygons: list[np.ndarray], original_size: tuple[int, int], size: 
 
 
 def resize_mask(mask: np.ndarray, size: int, mode: str = "pad") -> np.ndarray:
-    """The geometry of cxrspark.images.transforms.resize, with nearest-neighbour sampling."""
-    if mode not in RESIZE_MODES:
-        raise ValueError(f"unknown resize mode {mode!r}")
-    h, w = mask.shape
-    img = Image.fromarray(mask.astype(np.uint8) * 255)
-    if mode == "stretch":
-        return (np.array(img.resize((size, size), Image.Resampling.BOX)) >= 128).astype(np.uint8)
-    scale = size / (max(h, w) if mode == "pad" else min(h, w))
-    nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
-    nh, nw = (min(nh, size), min(nw, size)) if mode == "pad" else (max(nh, size), max(nw, size))
-    scaled = (np.array(img.resize((nw, nh), Image.Resampling.BOX)) >= 128).astype(np.uint8)
-    if mode == "pad":
-        out = np.zeros((size, size), dtype=np.uint8)
-        top, left = (size - nh) // 2, (size - nw) // 2
-        out[top:top + nh, left:left + nw] = scaled
-        return out
-    top, left = (nh - size) // 2, (nw - size) // 2
-    return scaled[top:top + size, left:left + size].copy()
+    """The geometry of cxrspark.images.transforms.resize (so mask and image stay aligned); a pixel is
+    lung when most of the area it covers is."""
+    return (resize(mask.astype(np.uint8) * 255, size, mode, resample="box") >= 128).astype(np.uint8)
 
 
 # ---- metrics ------------------------------------------------------------------------------------
@@ -178,8 +163,6 @@ def lung_box(mask: np.ndarray, margin: float) -> tuple[int, int, int, int] | Non
 def crop_to_lungs(image: np.ndarray, mask: np.ndarray, margin: float) -> np.ndarray:
     """The image cut to the lung box (with margin), resized back to the image's size, aspect kept
     (padded). No lungs -> the image unchanged."""
-    from cxrspark.images.transforms import resize
-
     box = lung_box(mask, margin)
     if box is None:
         return image
