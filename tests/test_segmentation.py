@@ -332,6 +332,20 @@ def test_ingest_with_unet_fills_the_lung_columns(spark, tmp_path):
     assert info.size("train") == load_dataset_info(tmp_path / "ds").size("train") - train_flagged
     assert info.size("val") == load_dataset_info(tmp_path / "ds").size("val")  # evaluation keeps everything
 
+    # the training stream really leaves the flagged images out (and keeps every other one)
+    import contextlib
+    from cxrspark.train.data import train_dataset
+    rows = curated.where(F.col("split") == "train").select("image", "lung_mask_ok").collect()
+    flagged_images = {bytes(r["image"]) for r in rows if not r["lung_mask_ok"]}
+    kept_images = {bytes(r["image"]) for r in rows if r["lung_mask_ok"]}
+    assert flagged_images and kept_images and not flagged_images & kept_images
+    tcfg = load_config([], [f"train.dataset={tmp_path / 'ds'}", "train.augment.preset=none", "train.batch_size=1",
+                            "train.shuffle_buffer=4", "train.exclude_lung_flagged=true"]).train
+    with contextlib.ExitStack() as stack:
+        seen = {x.numpy().astype(np.uint8).tobytes()
+                for x, _ in train_dataset(info, tcfg, 0, 1, stack).take(6 * len(kept_images))}
+    assert seen == kept_images
+
 
 def test_segmentation_config_and_missing_weights_fail_before_any_work(spark, tmp_path, sample_dataset):
     from cxrspark.config import ConfigError, load_config
