@@ -239,7 +239,8 @@ def test_the_job_logs_tables_pictures_and_a_servable_model(sample_dataset, tmp_p
                 f"eval/{split}_confusion.png"} <= artifacts
     table = json.loads(Path(client.download_artifacts(run.info.run_id, "eval/test_per_class.json",
                                                       str(tmp_path))).read_text())
-    assert table["columns"] == ["class", "precision", "recall", "f1", "support"]
+    assert table["columns"] == ["class", "precision", "recall", "specificity", "f1", "f2", "auc", "mean_prob",
+                                "support", "tp", "fp", "fn", "tn"]
     assert [row[0] for row in table["data"]] == ["COVID-19", "Normal", "Pneumonia", "macro avg",
                                                  "weighted avg", "accuracy"]
     assert run.data.params["dataset_hash"] == json.loads((sample_dataset / "summary.json").read_text())["dataset_hash"]

@@ -1,12 +1,23 @@
-"""Classification metrics from labels and predictions (numpy/pandas only).
+"""Classification metrics from labels, predictions and probabilities (numpy/pandas/scikit-learn).
 
     cm = confusion_matrix(y_true, y_pred, n_classes)          # rows: true class, columns: predicted
-    table = per_class_table(cm, classes)                      # precision, recall, f1, support (+ averages)
+    table = per_class_table(cm, classes, y_true, probs)       # one row per class + averages + accuracy
+
+Per class (one-vs-rest): TP/FP/FN/TN, precision (PPV), recall (sensitivity), specificity, F1, F2,
+ROC AUC (needs probabilities; NaN when the class or its complement is absent), the mean predicted
+probability of the class over its true images, and support (true images of the class).
+A ratio with a zero denominator is 0 (a class never predicted has precision 0, as scikit-learn's
+``zero_division=0`` reports it).
 """
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+
+#: the per-class metrics, in table order
+METRICS = ("precision", "recall", "specificity", "f1", "f2", "auc", "mean_prob")
+COUNTS = ("tp", "fp", "fn", "tn")
+AVERAGE_ROWS = ("macro avg", "weighted avg", "accuracy")
 
 
 def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> np.ndarray:
@@ -22,33 +33,89 @@ def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> 
 
 
 def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
-    """num / den with 0 where den is 0 (a class never predicted has precision 0, as scikit-learn's
-    zero_division=0 reports it)."""
-    num = num.astype(float)
-    den = den.astype(float)
+    num = np.asarray(num, dtype=float)
+    den = np.asarray(den, dtype=float)
     return np.divide(num, den, out=np.zeros_like(num), where=den > 0)
 
 
-def per_class_table(cm: np.ndarray, classes: list[str]) -> pd.DataFrame:
-    """One row per class with precision, recall, F1 and support, then macro and weighted averages
-    and accuracy (support = number of true images of the class)."""
-    tp = np.diag(cm)
-    support = cm.sum(axis=1)
-    predicted = cm.sum(axis=0)
-    precision = _ratio(tp, predicted)
-    recall = _ratio(tp, support)
-    f1 = _ratio(2 * precision * recall, precision + recall)
-    rows = [{"class": c, "precision": precision[i], "recall": recall[i], "f1": f1[i], "support": int(support[i])}
-            for i, c in enumerate(classes)]
-    total = int(support.sum())
-    w = support / total if total else np.zeros_like(precision)
-    rows.append({"class": "macro avg", "precision": precision.mean(), "recall": recall.mean(),
-                 "f1": f1.mean(), "support": total})
-    rows.append({"class": "weighted avg", "precision": float(w @ precision), "recall": float(w @ recall),
-                 "f1": float(w @ f1), "support": total})
-    acc = float(tp.sum() / total) if total else 0.0
-    rows.append({"class": "accuracy", "precision": acc, "recall": acc, "f1": acc, "support": total})
-    return pd.DataFrame(rows, columns=["class", "precision", "recall", "f1", "support"])
+def one_vs_rest_counts(cm: np.ndarray) -> dict[str, np.ndarray]:
+    """TP, FP, FN, TN of every class against the rest."""
+    tp = np.diag(cm).astype(np.int64)
+    fp = cm.sum(axis=0) - tp
+    fn = cm.sum(axis=1) - tp
+    tn = cm.sum() - tp - fp - fn
+    return {"tp": tp, "fp": fp, "fn": fn, "tn": tn}
+
+
+def roc_auc_ovr(y_true: np.ndarray, probs: np.ndarray) -> np.ndarray:
+    """One-vs-rest ROC AUC per class (NaN where a class has no positive or no negative image)."""
+    from sklearn.metrics import roc_auc_score
+
+    y_true = np.asarray(y_true)
+    out = np.full(probs.shape[1], np.nan)
+    for c in range(probs.shape[1]):
+        positive = y_true == c
+        if positive.any() and not positive.all():
+            out[c] = roc_auc_score(positive, probs[:, c])
+    return out
+
+
+def mean_true_class_probability(y_true: np.ndarray, probs: np.ndarray) -> np.ndarray:
+    """Per class: the mean probability the model gives that class on the images that are of it."""
+    y_true = np.asarray(y_true)
+    return np.array([probs[y_true == c, c].mean() if (y_true == c).any() else np.nan
+                     for c in range(probs.shape[1])])
+
+
+def class_metrics(cm: np.ndarray, y_true: np.ndarray | None = None,
+                  probs: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """Every per-class metric as an array over classes (the numbers behind :func:`per_class_table`)."""
+    k = one_vs_rest_counts(cm)
+    precision = _ratio(k["tp"], k["tp"] + k["fp"])
+    recall = _ratio(k["tp"], k["tp"] + k["fn"])
+    n = cm.shape[0]
+    has_probs = probs is not None and y_true is not None and len(y_true)
+    return {
+        **k,
+        "precision": precision,
+        "recall": recall,
+        "specificity": _ratio(k["tn"], k["tn"] + k["fp"]),
+        "f1": _ratio(2 * precision * recall, precision + recall),
+        "f2": _ratio(5 * precision * recall, 4 * precision + recall),
+        "auc": roc_auc_ovr(y_true, probs) if has_probs else np.full(n, np.nan),
+        "mean_prob": mean_true_class_probability(y_true, probs) if has_probs else np.full(n, np.nan),
+        "support": cm.sum(axis=1),
+    }
+
+
+def summary_metrics(m: dict[str, np.ndarray]) -> dict[str, float]:
+    """Macro and weighted (by support) averages of every metric, and accuracy."""
+    support = m["support"].astype(float)
+    total = support.sum()
+    w = support / total if total else np.zeros_like(support)
+    out = {}
+    for name in METRICS:
+        values = m[name]
+        ok = ~np.isnan(values)
+        out[f"macro_{name}"] = float(values[ok].mean()) if ok.any() else float("nan")
+        out[f"weighted_{name}"] = float(w[ok] @ values[ok] / w[ok].sum()) if ok.any() and w[ok].sum() else float("nan")
+    out["accuracy"] = float(m["tp"].sum() / total) if total else 0.0
+    return out
+
+
+def per_class_table(cm: np.ndarray, classes: list[str], y_true: np.ndarray | None = None,
+                    probs: np.ndarray | None = None) -> pd.DataFrame:
+    """One row per class, then 'macro avg', 'weighted avg' and 'accuracy' rows (the accuracy row holds
+    the accuracy in every metric column). Columns: class, the METRICS, support, then TP/FP/FN/TN."""
+    m = class_metrics(cm, y_true, probs)
+    rows = [{"class": c, **{k: float(m[k][i]) for k in METRICS}, "support": int(m["support"][i]),
+             **{k: int(m[k][i]) for k in COUNTS}} for i, c in enumerate(classes)]
+    s = summary_metrics(m)
+    total = int(m["support"].sum())
+    for avg in ("macro", "weighted"):
+        rows.append({"class": f"{avg} avg", **{k: s[f"{avg}_{k}"] for k in METRICS}, "support": total})
+    rows.append({"class": "accuracy", **{k: s["accuracy"] for k in METRICS}, "support": total})
+    return pd.DataFrame(rows, columns=["class", *METRICS, "support", *COUNTS])
 
 
 def confusion_table(cm: np.ndarray, classes: list[str]) -> pd.DataFrame:

@@ -394,7 +394,7 @@ def _final_evaluation(model, info: tdata.DatasetInfo, tcfg, rank: int, log: bool
             continue
         pred = predict_split(model, info, split, tcfg.batch_size, tcfg.reader_workers)
         cm = confusion_matrix(pred["label_index"], pred["probs"].argmax(1), len(info.classes))
-        table = per_class_table(cm, info.classes)
+        table = per_class_table(cm, info.classes, pred["label_index"], pred["probs"])
         y = tf.one_hot(pred["label_index"], len(info.classes))
         loss = float(tf.keras.losses.categorical_crossentropy(y, pred["probs"]).numpy().mean())
         if log:

@@ -1,0 +1,93 @@
+"""Evaluation metrics against hand-computed cases: the per-class table, ROC AUC, the patient
+bootstrap and calibration."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from cxrspark.evaluate.bootstrap import patient_bootstrap
+from cxrspark.evaluate.calibration import expected_calibration_error, reliability_table
+from cxrspark.evaluate.metrics import confusion_matrix, per_class_table, roc_auc_ovr
+
+# true:      0 0 0 1 1 2 2 2 2 ; predicted: 0 0 1 1 1 1 1 0 1  -> class c (2) is never predicted
+Y_TRUE = np.array([0, 0, 0, 1, 1, 2, 2, 2, 2])
+Y_PRED = np.array([0, 0, 1, 1, 1, 1, 1, 0, 1])
+
+
+def test_one_vs_rest_counts_specificity_and_f2_by_hand():
+    cm = confusion_matrix(Y_TRUE, Y_PRED, 3)
+    t = per_class_table(cm, ["a", "b", "c"]).set_index("class")
+    # a: TP 2, FP 1 (a c predicted as a), FN 1, TN 5
+    assert [t.loc["a", k] for k in ("tp", "fp", "fn", "tn")] == [2, 1, 1, 5]
+    assert t.loc["a", "specificity"] == pytest.approx(5 / 6) and t.loc["a", "f2"] == pytest.approx(2 / 3)
+    # b: TP 2, FP 4, FN 0, TN 3; P = 1/3, R = 1 -> F2 = 5PR / (4P + R) = 5/7
+    assert [t.loc["b", k] for k in ("tp", "fp", "fn", "tn")] == [2, 4, 0, 3]
+    assert t.loc["b", "specificity"] == pytest.approx(3 / 7) and t.loc["b", "f2"] == pytest.approx(5 / 7)
+    # c is never predicted: precision, recall, F1, F2 are 0; specificity is 5/5
+    assert [t.loc["c", k] for k in ("precision", "recall", "f1", "f2")] == [0, 0, 0, 0]
+    assert t.loc["c", "specificity"] == 1.0 and [t.loc["c", k] for k in ("tp", "fp", "fn", "tn")] == [0, 0, 4, 5]
+    assert t.loc["macro avg", "specificity"] == pytest.approx((5 / 6 + 3 / 7 + 1) / 3)
+    assert t.loc["weighted avg", "recall"] == pytest.approx(4 / 9) == t.loc["accuracy", "f1"]
+    assert np.isnan(t.loc["a", "auc"])  # no probabilities given
+
+
+def test_auc_and_mean_probability_by_hand():
+    y = np.array([0, 0, 1, 1])
+    p0 = np.array([0.9, 0.4, 0.6, 0.1])
+    probs = np.stack([p0, 1 - p0], axis=1)
+    # class 0 positives score 0.9, 0.4; negatives 0.6, 0.1: 3 of 4 pairs ranked right
+    assert roc_auc_ovr(y, probs)[0] == pytest.approx(0.75) and roc_auc_ovr(y, probs)[1] == pytest.approx(0.75)
+    t = per_class_table(confusion_matrix(y, probs.argmax(1), 2), ["a", "b"], y, probs).set_index("class")
+    assert t.loc["a", "auc"] == pytest.approx(0.75)
+    assert t.loc["a", "mean_prob"] == pytest.approx((0.9 + 0.4) / 2)
+    assert t.loc["b", "mean_prob"] == pytest.approx((0.4 + 0.9) / 2)
+    # a class with no true image has no AUC
+    assert np.isnan(roc_auc_ovr(np.array([0, 0]), np.array([[0.7, 0.3], [0.6, 0.4]]))[1])
+
+
+def _clustered(n_patients: int, per_patient: int):
+    """Half the patients have every image right, half every image wrong; 2 classes."""
+    y = np.zeros(n_patients * per_patient, dtype=np.int64)
+    right = np.repeat(np.arange(n_patients) < n_patients // 2, per_patient)
+    probs = np.where(right[:, None], [[0.8, 0.2]], [[0.3, 0.7]])
+    keys = np.repeat([f"p{i}" for i in range(n_patients)], per_patient)
+    return y, probs, keys
+
+
+def test_bootstrap_resamples_patients_known_case():
+    # 20 patients x 5 images, accuracy 0.5 decided per patient: the patient bootstrap's 95% interval is
+    # about 0.5 +- 1.96 * sqrt(0.25 / 20) = +-0.219; resampling the 100 images would give +-0.098
+    y, probs, keys = _clustered(20, 5)
+    acc = patient_bootstrap(y, probs, keys, ["a", "b"], n_boot=2000, seed=1, with_auc=False).table
+    row = acc[acc["class"] == "accuracy"].iloc[0]
+    assert row["value"] == 0.5
+    assert (row["high"] - row["low"]) / 2 == pytest.approx(0.219, abs=0.03)
+    per_image = patient_bootstrap(y, probs, np.arange(100).astype(str), ["a", "b"], n_boot=2000, seed=1,
+                                  with_auc=False).table
+    img = per_image[per_image["class"] == "accuracy"].iloc[0]
+    assert (img["high"] - img["low"]) / 2 == pytest.approx(0.098, abs=0.02)
+    # mean predicted probability of the true class: 0.5 * 0.8 + 0.5 * 0.3 = 0.55
+    mp = acc[(acc["class"] == "a") & (acc["metric"] == "mean_prob")].iloc[0]
+    assert mp["value"] == pytest.approx(0.55) and mp["low"] < 0.55 < mp["high"]
+
+
+def test_bootstrap_of_a_perfect_model_has_no_width():
+    y = np.array([0, 1, 2, 0, 1, 2])
+    probs = np.eye(3)[y] * 0.9 + 0.1 / 3
+    r = patient_bootstrap(y, probs, np.array(["p1", "p1", "p2", "p3", "p4", "p4"]), ["a", "b", "c"], n_boot=200)
+    t = r.table.set_index(["class", "metric"])
+    assert tuple(t.loc[("accuracy", "accuracy")]) == (1.0, 1.0, 1.0)
+    assert tuple(t.loc[("b", "auc")]) == (1.0, 1.0, 1.0) and r.n_patients == 4
+
+
+def test_expected_calibration_error_by_hand():
+    # confidences 0.9 (4 images, 3 right) and 0.6 (2 images, both right):
+    # ECE = 4/6 * |0.75 - 0.9| + 2/6 * |1.0 - 0.6| = 0.1 + 0.1333
+    probs = np.array([[0.9, 0.1]] * 4 + [[0.6, 0.4]] * 2)
+    y = np.array([0, 0, 0, 1, 0, 0])
+    assert expected_calibration_error(y, probs) == pytest.approx(0.1 + 0.4 / 3)
+    t = reliability_table(y, probs)
+    assert t["n"].sum() == 6 and t.loc[8, "n"] == 4 and t.loc[5, "n"] == 2  # (0.8, 0.9] and (0.5, 0.6]
+    assert t.loc[8, "accuracy"] == 0.75
+    perfect = np.array([[1.0, 0.0], [0.0, 1.0]])
+    assert expected_calibration_error(np.array([0, 1]), perfect) == 0.0
