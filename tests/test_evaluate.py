@@ -91,3 +91,17 @@ def test_expected_calibration_error_by_hand():
     assert t.loc[8, "accuracy"] == 0.75
     perfect = np.array([[1.0, 0.0], [0.0, 1.0]])
     assert expected_calibration_error(np.array([0, 1]), perfect) == 0.0
+
+
+def test_per_source_table_splits_the_same_metrics_by_source():
+    from cxrspark.evaluate.metrics import per_source_table
+
+    # source s1: both classes, one error; source s2: only class b, all right
+    y = np.array([0, 0, 1, 1, 1, 1])
+    p = np.array([[0.9, 0.1], [0.2, 0.8], [0.1, 0.9], [0.3, 0.7], [0.4, 0.6], [0.2, 0.8]])
+    src = np.array(["s1", "s1", "s1", "s2", "s2", "s2"])
+    t = per_source_table(y, p, src, ["a", "b"]).set_index(["source", "class"])
+    assert t.loc[("s1", "a"), "recall"] == 0.5 and t.loc[("s1", "b"), "precision"] == 0.5
+    assert t.loc[("s1", "accuracy"), "f1"] == pytest.approx(2 / 3) and t.loc[("s2", "accuracy"), "f1"] == 1.0
+    assert t.loc[("s2", "a"), "support"] == 0 and np.isnan(t.loc[("s2", "b"), "auc"])  # one class only
+    assert int(t.xs("b", level="class")["support"].sum()) == 4

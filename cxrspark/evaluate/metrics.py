@@ -122,3 +122,19 @@ def confusion_table(cm: np.ndarray, classes: list[str]) -> pd.DataFrame:
     """The confusion matrix in long form (true, predicted, count): what mlflow.log_table stores well."""
     return pd.DataFrame([{"true": t, "predicted": p, "count": int(cm[i, j])}
                          for i, t in enumerate(classes) for j, p in enumerate(classes)])
+
+
+def per_source_table(y_true: np.ndarray, probs: np.ndarray, sources: np.ndarray, classes: list[str]) -> pd.DataFrame:
+    """The per-class table of each source on its own: one row per (source, class), then each source's
+    'accuracy' row. Within one source a class is often absent or the only one present: its recall,
+    AUC... are then 0/NaN as the table defines them, and the support column says why."""
+    y_true, sources = np.asarray(y_true), np.asarray(sources)
+    parts = []
+    for s in sorted(set(sources.tolist())):
+        sel = sources == s
+        cm = confusion_matrix(y_true[sel], probs[sel].argmax(1), len(classes))
+        t = per_class_table(cm, classes, y_true[sel], probs[sel])
+        t = t[t["class"].isin([*classes, "accuracy"])]
+        parts.append(t.assign(source=s))
+    cols = ["source", "class", *METRICS, "support", *COUNTS]
+    return pd.concat(parts, ignore_index=True)[cols] if parts else pd.DataFrame(columns=cols)
