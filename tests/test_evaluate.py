@@ -105,3 +105,65 @@ def test_per_source_table_splits_the_same_metrics_by_source():
     assert t.loc[("s1", "accuracy"), "f1"] == pytest.approx(2 / 3) and t.loc[("s2", "accuracy"), "f1"] == 1.0
     assert t.loc[("s2", "a"), "support"] == 0 and np.isnan(t.loc[("s2", "b"), "auc"])  # one class only
     assert int(t.xs("b", level="class")["support"].sum()) == 4
+
+
+# ---- Grad-CAM -----------------------------------------------------------------------------------
+def test_grad_cam_highlights_the_region_the_answer_depends_on():
+    import tensorflow as tf
+
+    from cxrspark.evaluate.gradcam import grad_cam, last_conv_layer, mass_inside
+
+    # class 1 iff an X-shaped mark is somewhere in the picture; every picture also has a plain square
+    # (a distractor) and noise. For a class-1 picture the answer depends on the mark's region only.
+    rng = np.random.default_rng(0)
+    n, s = 400, 32
+    x = rng.uniform(0, 60, (n, s, s, 1)).astype(np.float32)
+    y = rng.integers(0, 2, n)
+    where = np.zeros((n, 2), dtype=np.int64)
+    cross = np.eye(7, dtype=bool) | np.eye(7, dtype=bool)[::-1]
+    for i in range(n):
+        cells = rng.permutation(16)[:2]  # two different 8x8 cells of a 4x4 grid
+        (r1, c1), (r2, c2) = divmod(int(cells[0]), 4), divmod(int(cells[1]), 4)
+        x[i, r2 * 8 + 1:r2 * 8 + 6, c2 * 8 + 1:c2 * 8 + 6] = 230  # the distractor square
+        if y[i]:
+            x[i, r1 * 8:r1 * 8 + 7, c1 * 8:c1 * 8 + 7][cross] = 230
+        where[i] = (r1 * 8, c1 * 8)
+    tf.keras.utils.set_random_seed(0)
+    L = tf.keras.layers
+    inputs = tf.keras.Input((s, s, 1))
+    h = L.Rescaling(1 / 255.0)(inputs)
+    h = L.Conv2D(16, 3, padding="same", activation="relu")(h)
+    h = L.Conv2D(16, 3, padding="same")(h)
+    h = L.ReLU()(h)
+    h = L.GlobalAveragePooling2D()(h)
+    out = L.Dense(2, activation="softmax")(h)
+    model = tf.keras.Model(inputs, out)
+    model.compile(tf.keras.optimizers.Adam(0.01), "sparse_categorical_crossentropy", metrics=["accuracy"])
+    model.fit(x, y, epochs=25, batch_size=32, verbose=0)
+    assert model.evaluate(x, y, verbose=0)[1] > 0.95
+    assert last_conv_layer(model) == model.layers[4].name  # the ReLU after the last conv
+    pos = np.flatnonzero(y == 1)[:20]
+    cams = grad_cam(model, x[pos], 1)
+    assert cams.shape == (20, s, s) and cams.min() >= 0 and cams.max() <= 1
+    inside = []
+    for cam, (r, c) in zip(cams, where[pos]):
+        region = np.zeros((s, s), np.uint8)
+        region[max(0, r - 2):r + 9, max(0, c - 2):c + 9] = 1  # the mark's 7x7 cell, 2 px around it
+        inside.append(mass_inside(cam, region))
+    assert np.median(inside) > 0.6, inside  # a uniform map would put ~12% there
+
+
+@pytest.mark.parametrize("name", ["seed_cnn", "darkcovidnet", "vgg_dcnn", "transfer:VGG16"])
+def test_grad_cam_finds_the_last_conv_layer_of_registry_models(name):
+    import tensorflow as tf
+
+    from cxrspark.evaluate.gradcam import grad_cam, last_conv_layer
+    from cxrspark.train.models import build_model
+
+    model = build_model(name, 3, 64)
+    layer = model.get_layer(last_conv_layer(model))
+    assert len(layer.output_shape) == 4
+    if name.startswith("transfer:"):
+        assert isinstance(layer, tf.keras.Model)  # the backbone's last convolutional block
+    cams = grad_cam(model, np.random.default_rng(0).uniform(0, 255, (2, 64, 64, 1)), [0, 2])
+    assert cams.shape == (2, 64, 64) and np.isfinite(cams).all()
