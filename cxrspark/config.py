@@ -268,12 +268,34 @@ class SegmenterConfig:
 
 
 @dataclass
+class EvaluateConfig:
+    """jobs/evaluate.py: a trained model on one split of an ingest output."""
+    #: runs:/<run id>/model, models:/<model id>, a Keras .h5/.keras file, or "latest": the model of the
+    #: newest finished run of train.mlflow.experiment
+    model: str = "latest"
+    #: an ingest output; None: train.dataset
+    dataset: str | None = None
+    split: str = "test"
+    #: patient bootstrap resamples for the confidence intervals, and their level
+    bootstrap: int = 1000
+    level: float = 0.95
+    calibration_bins: int = 10
+    #: Grad-CAM overlays per class and kind (correct / wrong)
+    gradcam_per_class: int = 4
+    batch_size: int = 32
+    seed: int = 0
+    #: the evaluation run goes to this experiment (the tracking URI is train.mlflow's)
+    experiment: str = "cxrspark-evaluation"
+
+
+@dataclass
 class Config:
     sources: list[SourceConfig] = field(default_factory=list)
     ingest: IngestConfig = field(default_factory=IngestConfig)
     spark: SparkConfig = field(default_factory=SparkConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     segmenter: SegmenterConfig = field(default_factory=SegmenterConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
 
 
 _CHOICES = {
@@ -463,6 +485,9 @@ def _validate(cfg: Config) -> None:
                           "0 < min_region < min_area")
     _validate_train(cfg.train)
     _validate_segmenter(cfg.segmenter)
+    ev = cfg.evaluate
+    if ev.bootstrap < 1 or not 0.5 <= ev.level < 1.0 or ev.calibration_bins < 2 or ev.batch_size < 1:
+        raise ConfigError("'evaluate': bootstrap >= 1, 0.5 <= level < 1, calibration_bins >= 2, batch_size >= 1")
     names = [s.name for s in cfg.sources]
     if len(set(names)) != len(names):
         raise ConfigError(f"source names must be unique: {names}")

@@ -3,6 +3,7 @@ bootstrap and calibration."""
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from cxrspark.evaluate.bootstrap import patient_bootstrap
@@ -167,3 +168,59 @@ def test_grad_cam_finds_the_last_conv_layer_of_registry_models(name):
         assert isinstance(layer, tf.keras.Model)  # the backbone's last convolutional block
     cams = grad_cam(model, np.random.default_rng(0).uniform(0, 255, (2, 64, 64, 1)), [0, 2])
     assert cams.shape == (2, 64, 64) and np.isfinite(cams).all()
+
+
+# ---- the evaluation job -------------------------------------------------------------------------
+def test_evaluate_job_logs_tables_pictures_and_a_card(sample_dataset, tmp_path):
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import tensorflow as tf
+    from mlflow.tracking import MlflowClient
+
+    from cxrspark.train.data import load_dataset_info
+    from cxrspark.train.models import build_model
+
+    repo = Path(__file__).resolve().parents[1]
+    info = load_dataset_info(sample_dataset)
+    tf.keras.utils.set_random_seed(0)
+    model = build_model("seed_cnn", 3, info.image_size, input_size=64)
+    model.save(tmp_path / "model.keras")
+    db = f"sqlite:///{tmp_path}/mlflow.db"
+    common = [sys.executable, str(repo / "jobs/evaluate.py"), "--config", str(repo / "conf/train.yaml"),
+              "--set", f"train.dataset={sample_dataset}", "--set", f"train.mlflow.tracking_uri={db}",
+              "--set", "evaluate.split=val", "--set", "evaluate.bootstrap=200", "--set", "evaluate.gradcam_per_class=2"]
+    env = {**__import__("os").environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    # no trained model in the store yet: a clear error, not a traceback
+    none = subprocess.run(common, capture_output=True, text=True, timeout=300, cwd=repo, env=env)
+    assert none.returncode == 2 and "no finished run with a logged model" in none.stderr
+    proc = subprocess.run(common + ["--set", f"evaluate.model={tmp_path / 'model.keras'}"], capture_output=True,
+                          text=True, timeout=300, cwd=repo, env=env)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    client = MlflowClient(db)
+    (run,) = client.search_runs([client.get_experiment_by_name("cxrspark-evaluation").experiment_id])
+    assert run.data.params["split"] == "val" and run.data.params["images"] == str(info.size("val"))
+    files = {a.path for a in client.list_artifacts(run.info.run_id, "eval")}
+    assert {f"eval/val_{n}" for n in ("per_class.json", "per_class_ci.json", "per_source.json", "confusion.png",
+                                      "roc.png", "reliability.png", "reliability.json", "gradcam.png",
+                                      "predictions.json")} <= files
+
+    def table(name):
+        t = json.loads(Path(client.download_artifacts(run.info.run_id, f"eval/{name}", str(tmp_path))).read_text())
+        return pd.DataFrame(t["data"], columns=t["columns"])
+
+    preds = table("val_predictions.json")
+    assert len(preds) == info.size("val") and set(preds["label"]) <= set(info.classes)
+    ci = table("val_per_class_ci.json")
+    acc = ci[ci["class"] == "accuracy"].iloc[0]
+    assert acc["low"] <= acc["value"] <= acc["high"]
+    assert acc["value"] == pytest.approx((preds["label"] == preds["predicted"]).mean())
+    per_source = table("val_per_source.json")
+    assert set(per_source["source"]) == set(preds["source"])
+    assert run.data.metrics["val_ece"] >= 0 and "val_accuracy_low" in run.data.metrics
+    card = Path(client.download_artifacts(run.info.run_id, "MODEL_CARD.md", str(tmp_path))).read_text()
+    assert "Not for clinical use" in card and "## Per source" in card and "bootstrap resamples of patients" in card
+    assert "no lung masks" in card  # the sample was ingested without segmentation
+

@@ -1,0 +1,190 @@
+"""One evaluation: a model on a split of an ingest output, every number and picture logged to MLflow.
+
+    result = run_evaluation(cfg)          # cfg.evaluate says which model, dataset and split
+
+Predictions are made once (single process, Petastorm reader); the per-class table, the patient
+bootstrap CIs, calibration, the per-source table and Grad-CAM are computed from them. The run is a
+new MLflow run (experiment ``evaluate.experiment``) tagged with the evaluated model and dataset.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from cxrspark.config import Config, to_dict
+from cxrspark.evaluate import report
+from cxrspark.evaluate.bootstrap import patient_bootstrap
+from cxrspark.evaluate.calibration import expected_calibration_error, reliability_table
+from cxrspark.evaluate.metrics import confusion_matrix, per_class_table, per_source_table
+
+
+class EvaluationError(ValueError):
+    pass
+
+
+def resolve_model(spec: str, experiment: str) -> tuple[str, str | None]:
+    """(model URI or path, the training run id when known)."""
+    import mlflow
+
+    if spec == "latest":
+        exp = mlflow.get_experiment_by_name(experiment)
+        runs = [] if exp is None else mlflow.search_runs([exp.experiment_id], filter_string="status = 'FINISHED'",
+                                                        order_by=["start_time DESC"], output_format="list")
+        for run in runs:
+            models = mlflow.search_logged_models(experiment_ids=[exp.experiment_id], output_format="list",
+                                                 filter_string=f"source_run_id = '{run.info.run_id}'")
+            if models:
+                return f"models:/{models[0].model_id}", run.info.run_id
+        raise EvaluationError(f"no finished run with a logged model in experiment {experiment!r} at "
+                              f"{mlflow.get_tracking_uri()}; train one or set evaluate.model")
+    if spec.startswith("runs:/"):
+        return spec, spec[len("runs:/"):].split("/")[0]
+    if spec.startswith("models:/"):
+        model = mlflow.get_logged_model(spec[len("models:/"):])
+        return spec, model.source_run_id
+    if not Path(spec).exists():
+        raise EvaluationError(f"evaluate.model {spec!r} is neither an MLflow URI nor an existing file")
+    return spec, None
+
+
+def load_model(uri: str):
+    import tensorflow as tf
+
+    if uri.startswith(("runs:/", "models:/")):
+        import mlflow.tensorflow
+        return mlflow.tensorflow.load_model(uri)
+    return tf.keras.models.load_model(uri)
+
+
+def predict(model, info, split: str, batch_size: int) -> dict[str, np.ndarray]:
+    from cxrspark.train import data as tdata
+
+    parts: dict[str, list] = {k: [] for k in ("probs", "label_index", "record_id", "source", "patient_key", "image")}
+    for batch in tdata.eval_batches(info, split, 0, 1, batch_size):
+        parts["probs"].append(model.predict(batch["image"], verbose=0))
+        for k in ("label_index", "record_id", "source", "patient_key", "image"):
+            parts[k].append(batch[k] if k != "image" else batch[k].astype(np.uint8))
+    return {k: np.concatenate(v) for k, v in parts.items()}
+
+
+def lung_masks(info, split: str, record_ids: list[str]) -> dict[str, np.ndarray]:
+    """The stored lung masks of some records (empty when the dataset was ingested without them)."""
+    import pyarrow.dataset as ds
+
+    from cxrspark.segmentation.masks import decode_mask
+
+    table = ds.dataset(str(info.root / "curated" / split), format="parquet")
+    if "lung_mask" not in table.schema.names:
+        return {}
+    rows = table.to_table(columns=["record_id", "lung_mask"],
+                          filter=ds.field("record_id").isin(record_ids)).to_pylist()
+    return {r["record_id"]: decode_mask(r["lung_mask"]) for r in rows if r["lung_mask"] is not None}
+
+
+def gradcam_samples(y: np.ndarray, pred: np.ndarray, per_class: int, n_classes: int, seed: int) -> list[int]:
+    """Up to `per_class` correct and `per_class` wrong predictions of every true class."""
+    rng = np.random.default_rng(seed)
+    picks = []
+    for c in range(n_classes):
+        for right in (True, False):
+            idx = np.flatnonzero((y == c) & ((pred == c) == right))
+            picks += sorted(rng.permutation(idx)[:per_class].tolist())
+    return picks
+
+
+def run_evaluation(cfg: Config) -> dict[str, Any]:
+    import matplotlib.pyplot as plt
+    import mlflow
+
+    from cxrspark import tracking
+    from cxrspark.evaluate.gradcam import grad_cam, mass_inside, overlay
+    from cxrspark.train import data as tdata
+
+    ev = cfg.evaluate
+    info = tdata.load_dataset_info(ev.dataset or cfg.train.dataset)
+    if info.size(ev.split) == 0:
+        raise EvaluationError(f"split {ev.split!r} of {info.root} is empty")
+    uri = tracking.tracking_uri(cfg.train.mlflow.tracking_uri, cfg.train.output)
+    mlflow.set_tracking_uri(uri)
+    model_uri, train_run = resolve_model(ev.model, cfg.train.mlflow.experiment)
+    model = load_model(model_uri)
+    classes = info.classes
+    p = predict(model, info, ev.split, ev.batch_size)
+    y, probs = p["label_index"], p["probs"]
+    pred = probs.argmax(1)
+    cm = confusion_matrix(y, pred, len(classes))
+    point = per_class_table(cm, classes, y, probs)
+    boot = patient_bootstrap(y, probs, p["patient_key"], classes, n_boot=ev.bootstrap, seed=ev.seed, level=ev.level)
+    rel = reliability_table(y, probs, ev.calibration_bins)
+    ece = expected_calibration_error(y, probs, ev.calibration_bins)
+    by_source = per_source_table(y, probs, p["source"], classes)
+
+    picks = gradcam_samples(y, pred, ev.gradcam_per_class, len(classes), ev.seed)
+    cams = grad_cam(model, p["image"][picks].astype(np.float32), pred[picks]) if picks else np.zeros((0,))
+    masks = lung_masks(info, ev.split, [str(p["record_id"][i]) for i in picks]) if picks else {}
+    inside = [mass_inside(cam, masks[str(p["record_id"][i])]) if str(p["record_id"][i]) in masks else np.nan
+              for i, cam in zip(picks, cams)]
+    lung_mass = None
+    if masks:
+        lung_mass = (pd.DataFrame({"class": [classes[y[i]] for i in picks], "mass_in_lungs": inside})
+                     .groupby("class", sort=False).agg(images=("mass_in_lungs", "size"),
+                                                       mass_in_lungs=("mass_in_lungs", "mean")).reset_index())
+
+    summary = json.loads((info.root / "summary.json").read_text())
+    data_table = pd.DataFrame(summary["curated_table"])[["source", "label", "split", "n"]]
+    split_name = ev.split
+    with tracking.start_run(uri, ev.experiment, cfg.train.output, run_name=f"evaluate {split_name}") as run:
+        mlflow.set_tags({"evaluated.model": model_uri, "evaluated.train_run_id": train_run or "",
+                         "dataset.hash": info.dataset_hash, "dataset.path": str(info.root), "split": split_name})
+        tracking.log_params({"model": model_uri, "train_run_id": train_run, "dataset": str(info.root),
+                             "dataset_hash": info.dataset_hash, "split": split_name, "images": len(y),
+                             "patients": boot.n_patients, **{f"evaluate.{k}": v for k, v in to_dict(ev).items()}})
+        tracking.log_classification(split_name, cm, point, classes)
+        mlflow.log_table(boot.table, artifact_file=f"eval/{split_name}_per_class_ci.json")
+        mlflow.log_table(by_source, artifact_file=f"eval/{split_name}_per_source.json")
+        mlflow.log_table(rel, artifact_file=f"eval/{split_name}_reliability.json")
+        mlflow.log_table(pd.DataFrame({"record_id": p["record_id"], "source": p["source"],
+                                       "patient_key": p["patient_key"], "label": [classes[i] for i in y],
+                                       "predicted": [classes[i] for i in pred],
+                                       **{f"p_{c}": probs[:, k] for k, c in enumerate(classes)}}),
+                         artifact_file=f"eval/{split_name}_predictions.json")
+        ci = boot.table.set_index(["class", "metric"])
+        mlflow.log_metrics({f"{split_name}_ece": ece,
+                            **{f"{split_name}_{m}_{part}": float(ci.loc[(row, m), part])
+                               for row, m in (("accuracy", "accuracy"), ("macro avg", "f1"), ("macro avg", "auc"))
+                               for part in ("value", "low", "high")
+                               if not np.isnan(ci.loc[(row, m), part])}})
+        figures = {f"eval/{split_name}_roc.png": report.roc_figure(y, probs, classes, f"{split_name}: ROC"),
+                   f"eval/{split_name}_reliability.png": report.reliability_figure(rel, ece, f"{split_name}: reliability")}
+        if train_run:
+            client = mlflow.tracking.MlflowClient()
+            history = {k: [(h.step, h.value) for h in client.get_metric_history(train_run, k)]
+                       for k in ("loss", "val_loss", "accuracy", "val_accuracy")}
+            figures["eval/training_curves.png"] = report.curves_figure(history, f"training run {train_run[:8]}")
+        if picks:
+            pics = [overlay(p["image"][i][..., 0], cam) for i, cam in zip(picks, cams)]
+            titles = [f"{classes[y[i]]} -> {classes[pred[i]]}" + (f"\nin lungs {m:.2f}" if not np.isnan(m) else "")
+                      for i, m in zip(picks, inside)]
+            figures[f"eval/{split_name}_gradcam.png"] = report.gallery_figure(
+                pics, titles, "Grad-CAM (true -> predicted), correct and wrong per class")
+        for name, fig in figures.items():
+            mlflow.log_figure(fig, name)
+            plt.close(fig)
+        if lung_mass is not None:
+            mlflow.log_table(lung_mass, artifact_file=f"eval/{split_name}_gradcam_lung_mass.json")
+        card = report.model_card({
+            "model_name": Path(model_uri).name if not model_uri.startswith(("runs:", "models:")) else model_uri,
+            "model_uri": model_uri, "train_run_id": train_run, "dataset": str(info.root),
+            "dataset_hash": info.dataset_hash, "split": split_name, "n_images": len(y),
+            "n_patients": boot.n_patients, "data_table": data_table, "ci_table": boot.table, "classes": classes,
+            "level": ev.level, "n_boot": ev.bootstrap, "point_table": point, "per_source": by_source,
+            "bins": ev.calibration_bins, "ece": ece, "lung_mass": lung_mass})
+        mlflow.log_text(card, "MODEL_CARD.md")
+        run_id = run.info.run_id
+    return {"run_id": run_id, "tracking_uri": uri, "model": model_uri, "train_run_id": train_run,
+            "confusion": cm, "table": point, "ci": boot.table, "ece": ece, "per_source": by_source,
+            "lung_mass": lung_mass, "card": card, "n": len(y), "patients": boot.n_patients}
