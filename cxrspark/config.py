@@ -326,6 +326,16 @@ def config_from_arguments(args: argparse.Namespace) -> Config:
     return load_config(args.config or args.config_defaults, args.overrides)
 
 
+def parse_job(parser: argparse.ArgumentParser, argv: list[str] | None = None) -> tuple[argparse.Namespace, Config]:
+    """Parse a job's command line and load its config. A bad config ends the job the way argparse
+    ends it for a bad option: ``config error: ...`` on stderr, exit status 2."""
+    args = parser.parse_args(argv)
+    try:
+        return args, config_from_arguments(args)
+    except ConfigError as exc:
+        parser.exit(2, f"config error: {exc}\n")
+
+
 # ---- loading -------------------------------------------------------------------------------------
 def load_config(paths: list[str | Path] | None = None, overrides: list[str] | None = None) -> Config:
     merged: dict[str, Any] = {}

@@ -14,18 +14,13 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from cxrspark.config import ConfigError, add_config_arguments, config_from_arguments  # noqa: E402
+from cxrspark.config import add_config_arguments, parse_job  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_config_arguments(ap, ["conf/train.yaml"], "evaluate.split=val")
-    args = ap.parse_args(argv)
-    try:
-        cfg = config_from_arguments(args)
-    except ConfigError as exc:
-        print(f"config error: {exc}", file=sys.stderr)
-        return 2
+    _, cfg = parse_job(ap, argv)
 
     from cxrspark.evaluate.run import EvaluationError, run_evaluation
     try:

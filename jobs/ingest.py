@@ -10,7 +10,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from cxrspark.config import ConfigError, add_config_arguments, config_from_arguments  # noqa: E402
+from cxrspark.config import add_config_arguments, parse_job  # noqa: E402
 from cxrspark.ingest.pipeline import run_ingest  # noqa: E402
 from cxrspark.spark.session import build_session  # noqa: E402
 
@@ -18,12 +18,7 @@ from cxrspark.spark.session import build_session  # noqa: E402
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_config_arguments(ap, ["conf/ingest.yaml", "conf/sources.yaml"], "ingest.image_size=256")
-    args = ap.parse_args(argv)
-    try:
-        cfg = config_from_arguments(args)
-    except ConfigError as exc:
-        print(f"config error: {exc}", file=sys.stderr)
-        return 2
+    _, cfg = parse_job(ap, argv)
     spark = build_session(cfg.spark.master, cfg.spark.app_name, cfg.spark.shuffle_partitions,
                           cfg.spark.log_level, cfg.spark.conf)
     try:

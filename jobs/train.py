@@ -14,7 +14,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from cxrspark.config import ConfigError, add_config_arguments, config_from_arguments, to_dict  # noqa: E402
+from cxrspark.config import add_config_arguments, parse_job, to_dict  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -26,12 +26,7 @@ def main(argv: list[str] | None = None) -> int:
                          "cluster of spark-submit")
     ap.add_argument("--num-proc", type=int, default=None,
                     help="--launcher spark: number of Horovod ranks (default: the default parallelism)")
-    args = ap.parse_args(argv)
-    try:
-        cfg = config_from_arguments(args)
-    except ConfigError as exc:
-        print(f"config error: {exc}", file=sys.stderr)
-        return 2
+    args, cfg = parse_job(ap, argv)
 
     if args.launcher == "spark":
         from cxrspark.train.launch import run_on_spark

@@ -16,18 +16,13 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from cxrspark.config import ConfigError, add_config_arguments, config_from_arguments  # noqa: E402
+from cxrspark.config import add_config_arguments, parse_job  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_config_arguments(ap, ["conf/segmenter.yaml"], "segmenter.epochs=20")
-    args = ap.parse_args(argv)
-    try:
-        cfg = config_from_arguments(args)
-    except ConfigError as exc:
-        print(f"config error: {exc}", file=sys.stderr)
-        return 2
+    _, cfg = parse_job(ap, argv)
 
     from cxrspark.train.segmenter import run_segmenter_training
     command = shlex.join(["python", "jobs/train_segmenter.py", *(sys.argv[1:] if argv is None else argv)])
