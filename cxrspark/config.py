@@ -182,6 +182,8 @@ class MlflowConfig:
     experiment: str = "cxrspark"
     run_name: str | None = None
     log_model: bool = True
+    #: make the run a child of this run (the leave-one-source-out runner sets it)
+    parent_run_id: str | None = None
 
 
 @dataclass
@@ -216,6 +218,8 @@ class TrainConfig:
     #: leave out training images whose lung mask failed ingest's QC (needs ingest.segmentation: unet);
     #: validation and test always keep every image
     exclude_lung_flagged: bool = False
+    #: leave these sources out of every split (leave-one-source-out training)
+    exclude_sources: list[str] = field(default_factory=list)
     val_split: str = "val"
     test_split: str = "test"
     #: petastorm reader threads per rank
@@ -275,7 +279,15 @@ class EvaluateConfig:
     model: str = "latest"
     #: an ingest output; None: train.dataset
     dataset: str | None = None
+    #: a split of the dataset, or "all" (every split: for a dataset the model never saw, such as a new
+    #: hospital's or a left-out source's)
     split: str = "test"
+    #: evaluate only images of these sources (empty: all)
+    sources: list[str] = field(default_factory=list)
+    #: the source probe (a linear model predicting the source from penultimate features, folds grouped
+    #: by patient) runs on these splits ("all": every split); empty: no probe
+    probe_splits: list[str] = field(default_factory=lambda: ["val", "test"])
+    probe_folds: int = 5
     #: patient bootstrap resamples for the confidence intervals, and their level
     bootstrap: int = 1000
     level: float = 0.95
@@ -496,8 +508,10 @@ def _validate(cfg: Config) -> None:
     _validate_train(cfg.train)
     _validate_segmenter(cfg.segmenter)
     ev = cfg.evaluate
-    if ev.bootstrap < 1 or not 0.5 <= ev.level < 1.0 or ev.calibration_bins < 2 or ev.batch_size < 1:
-        raise ConfigError("'evaluate': bootstrap >= 1, 0.5 <= level < 1, calibration_bins >= 2, batch_size >= 1")
+    if (ev.bootstrap < 1 or not 0.5 <= ev.level < 1.0 or ev.calibration_bins < 2 or ev.batch_size < 1
+            or ev.probe_folds < 2):
+        raise ConfigError("'evaluate': bootstrap >= 1, 0.5 <= level < 1, calibration_bins >= 2, batch_size >= 1, "
+                          "probe_folds >= 2")
     names = [s.name for s in cfg.sources]
     if len(set(names)) != len(names):
         raise ConfigError(f"source names must be unique: {names}")

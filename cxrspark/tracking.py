@@ -29,9 +29,10 @@ def default_store(train_output: str | Path) -> Path:
 
 
 def start_run(uri: str, experiment: str, train_output: str | Path, *, run_id: str | None = None,
-              run_name: str | None = None):
+              run_name: str | None = None, parent_run_id: str | None = None):
     """Open (or re-open, when resuming) the run; a new experiment in the default local store keeps
-    its artifacts beside the database."""
+    its artifacts beside the database. With ``parent_run_id`` the run is shown nested under that run
+    (which may be in another experiment)."""
     import mlflow
 
     if uri.startswith("sqlite:///"):
@@ -45,7 +46,8 @@ def start_run(uri: str, experiment: str, train_output: str | Path, *, run_id: st
             location = (default_store(train_output) / "artifacts").as_uri()
         mlflow.create_experiment(experiment, artifact_location=location)
     mlflow.set_experiment(experiment)
-    return mlflow.start_run(run_name=run_name)
+    tags = {"mlflow.parentRunId": parent_run_id} if parent_run_id else None
+    return mlflow.start_run(run_name=run_name, tags=tags)
 
 
 def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -196,8 +196,9 @@ def test_evaluate_job_logs_tables_pictures_and_a_card(sample_dataset, tmp_path):
     # no trained model in the store yet: a clear error, not a traceback
     none = subprocess.run(common, capture_output=True, text=True, timeout=300, cwd=repo, env=env)
     assert none.returncode == 2 and "no finished run with a logged model" in none.stderr
-    proc = subprocess.run(common + ["--set", f"evaluate.model={tmp_path / 'model.keras'}"], capture_output=True,
-                          text=True, timeout=300, cwd=repo, env=env)
+    proc = subprocess.run(common + ["--set", f"evaluate.model={tmp_path / 'model.keras'}",
+                                    "--set", "evaluate.probe_splits=[all]", "--set", "evaluate.probe_folds=2"],
+                          capture_output=True, text=True, timeout=300, cwd=repo, env=env)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     client = MlflowClient(db)
     (run,) = client.search_runs([client.get_experiment_by_name("cxrspark-evaluation").experiment_id])
@@ -223,4 +224,75 @@ def test_evaluate_job_logs_tables_pictures_and_a_card(sample_dataset, tmp_path):
     card = Path(client.download_artifacts(run.info.run_id, "MODEL_CARD.md", str(tmp_path))).read_text()
     assert "Not for clinical use" in card and "## Per source" in card and "bootstrap resamples of patients" in card
     assert "no lung masks" in card  # the sample was ingested without segmentation
+    probe = table("source_probe.json").set_index("scope")
+    assert probe.loc["all images", "images"] == sum(info.size(s) for s in info.counts)
+    assert (probe["chance"] == 1 / probe["sources"].str.count(",").add(1)).all()
+    assert "## Shortcut audit: source probe" in card and "all images" in card
+    assert run.data.metrics["source_probe_skill_all_images"] == pytest.approx(probe.loc["all images", "skill"])
 
+
+
+# ---- source probe -------------------------------------------------------------------------------
+def _probe_data(seed: int, source_signal: float, patients_per_source: int = 24, per_patient: int = 3):
+    """3 sources x 2 classes; class signal always, a per-source offset scaled by `source_signal`."""
+    rng = np.random.default_rng(seed)
+    feats, sources, patients, labels = [], [], [], []
+    offsets = rng.normal(size=(3, 16)) * 3
+    for s in range(3):
+        for p in range(patients_per_source):
+            label = p % 2
+            for _ in range(per_patient):
+                x = rng.normal(size=16)
+                x[0] += 4 * label
+                feats.append(x + source_signal * offsets[s])
+                sources.append(f"src{s}")
+                patients.append(f"src{s}/p{p}")
+                labels.append(label)
+    return np.array(feats), np.array(sources), np.array(patients), np.array(labels)
+
+
+def test_source_probe_reports_source_information_beyond_the_class():
+    from cxrspark.evaluate.probe import source_probe
+
+    leaky = source_probe(*_probe_data(0, 1.0), ["a", "b"], folds=4, seed=0).set_index("scope")
+    clean = source_probe(*_probe_data(0, 0.0), ["a", "b"], folds=4, seed=0).set_index("scope")
+    assert list(leaky.index) == ["all images", "within a", "within b"]
+    assert (leaky["skill"] > 0.9).all() and (leaky["risk"] == "high").all()
+    assert (clean["skill"] < 0.2).all() and (clean["risk"] == "low").all()
+    assert leaky.loc["within a", "chance"] == pytest.approx(1 / 3)
+    assert leaky.loc["all images", "images"] == 3 * 24 * 3 and leaky.loc["all images", "patients"] == 72
+
+
+def test_source_probe_folds_are_grouped_by_patient():
+    """Features that only identify the PATIENT (sources assigned to patients at random): grouped folds
+    must see no source skill. Image-level folds would memorise the patients and report a false risk."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import KFold, cross_val_predict
+
+    from cxrspark.evaluate.probe import source_probe
+
+    rng = np.random.default_rng(3)
+    n_patients, per_patient = 90, 4
+    fingerprint = rng.normal(size=(n_patients, 64)) * 3
+    source_of = np.array([f"s{k}" for k in rng.permutation(np.arange(n_patients) % 3)])
+    idx = np.repeat(np.arange(n_patients), per_patient)
+    x = fingerprint[idx] + rng.normal(size=(len(idx), 64)) * 0.3
+    src, patients = source_of[idx], np.array([f"p{i}" for i in idx])
+    image_level = (cross_val_predict(LogisticRegression(max_iter=2000), x, src,
+                                     cv=KFold(5, shuffle=True, random_state=0)) == src).mean()
+    assert image_level > 0.9  # the trap the grouping avoids
+    row = source_probe(x, src, patients, np.zeros(len(idx), int), ["a"], folds=5, seed=0).iloc[0]
+    assert row["scope"] == "all images" and row["skill"] < 0.2 and row["risk"] == "low"
+
+
+def test_source_probe_needs_two_sources_with_enough_patients():
+    from cxrspark.evaluate.probe import source_probe
+
+    x, src, patients, labels = _probe_data(1, 1.0, patients_per_source=6)
+    keep = ~((src == "src2") & ~np.isin(patients, ["src2/p0", "src2/p1"]))  # src2: 2 patients only
+    table = source_probe(x[keep], src[keep], patients[keep], labels[keep], ["a", "b"], folds=3, seed=0)
+    assert (table["left_out"] == "src2").all() and (table["sources"] == "src0,src1").all()
+    assert table.iloc[0]["chance"] == pytest.approx(0.5)
+    one = source_probe(x[src == "src0"], src[src == "src0"], patients[src == "src0"], labels[src == "src0"],
+                       ["a", "b"], folds=3)
+    assert one.empty

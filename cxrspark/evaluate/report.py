@@ -129,7 +129,8 @@ def model_card(ctx: dict[str, Any]) -> str:
         "## Model",
         f"- Model: `{ctx['model_uri']}`" + (f" (training run `{ctx['train_run_id']}`)" if ctx.get("train_run_id") else ""),
         f"- Evaluated on: `{ctx['dataset']}` (dataset hash `{ctx['dataset_hash'][:12]}`), split `{ctx['split']}`:",
-        f"  {ctx['n_images']} images of {ctx['n_patients']} patients.",
+        f"  {ctx['n_images']} images of {ctx['n_patients']} patients"
+        + (f" of source(s) {', '.join(ctx['sources'])} only." if ctx.get("sources") is not None else "."),
         "",
         "## Data: images per source, class and split (the ingest's curated table)",
         "",
@@ -164,6 +165,21 @@ def model_card(ctx: dict[str, Any]) -> str:
     else:
         lines += ["The dataset has no lung masks (ingest with `segmentation: unet` to measure attention inside the",
                   "lungs).", ""]
+    probe = ctx.get("probe")
+    lines += ["## Shortcut audit: source probe", ""]
+    if probe is not None and len(probe):
+        lines += [f"A linear probe (logistic regression, {ctx['probe_folds']}-fold cross-validation grouped by patient)",
+                  "predicts each image's SOURCE from the model's penultimate features, on the split(s) "
+                  f"{', '.join(ctx['probe_splits'])}.",
+                  "Skill = (balanced accuracy - chance) / (1 - chance). `within <class>` rows use images of one class",
+                  "only, so the disease cannot explain the source there.", "", markdown_table(probe), ""]
+        risky = probe[probe["scope"].str.startswith("within") & (probe["risk"] == "high")]
+        if len(risky):
+            lines += [f"**Risk:** the features identify the source well within {', '.join(s[7:] for s in risky['scope'])}:",
+                      "the model carries hospital/collection information beyond the disease and may use it as a",
+                      "shortcut. Expect lower performance on a new hospital; see leave-one-source-out results.", ""]
+    else:
+        lines += ["No probe: fewer than two sources with enough patients in the probed images.", ""]
     lines += ["## Intended use and limits",
               "- Intended use: research on dataset bias and distributed training pipelines for CXR classification.",
               "- Sources are confounded with classes in public COVID-19 collections (COVID-19 images come from",

@@ -50,6 +50,8 @@ class DatasetInfo:
     counts: dict[str, dict[str, int]]
     #: leave out training images whose lung mask failed QC (lung_mask_ok = false)
     exclude_lung_flagged: bool = False
+    #: read only images of these sources (None: every source); counts are already restricted to them
+    sources: tuple[str, ...] | None = None
 
     def url(self, split: str) -> str:
         return f"file://{self.root}/curated/{split}"
@@ -64,7 +66,10 @@ class DatasetInfo:
 
 
 def load_dataset_info(root: str | Path, exclude_lung_flagged: bool = False,
-                      train_split: str = "train") -> DatasetInfo:
+                      train_split: str = "train", *, include_sources: list[str] | None = None,
+                      exclude_sources: list[str] | None = None) -> DatasetInfo:
+    """The dataset at ``root``; ``include_sources``/``exclude_sources`` restrict every split to some
+    sources (leave-one-source-out training and evaluation)."""
     root = Path(root).resolve()
     summary = root / "summary.json"
     if not summary.is_file():
@@ -75,11 +80,30 @@ def load_dataset_info(root: str | Path, exclude_lung_flagged: bool = False,
     if exclude_lung_flagged and s.get("lungs", {}).get("segmentation", "none") == "none":
         raise DatasetError(f"train.exclude_lung_flagged needs lung QC columns, but {root} was ingested "
                            f"without segmentation; re-run ingest with ingest.segmentation: unet")
+    present = sorted({row["source"] for row in s["curated_table"]})
+    kept: tuple[str, ...] | None = None
+    if include_sources or exclude_sources:
+        unknown = sorted(set(include_sources or []) | set(exclude_sources or []) - set(present))
+        if unknown:
+            raise DatasetError(f"{root} has no images of source(s) {unknown}; its sources: {present}")
+        kept = tuple(src for src in present if (not include_sources or src in include_sources)
+                     and src not in (exclude_sources or []))
     for row in s["curated_table"]:
+        if kept is not None and row["source"] not in kept:
+            continue
         drop = (row.get("lung_flagged") or 0) if exclude_lung_flagged and row["split"] == train_split else 0
         counts[row["split"]][row["label"]] += row["n"] - drop
     return DatasetInfo(root, int(s["config"]["ingest"]["image_size"]), list(s["classes"]),
-                       s["dataset_hash"], counts, exclude_lung_flagged)
+                       s["dataset_hash"], counts, exclude_lung_flagged, kept)
+
+
+def sources_of(root: str | Path) -> dict[str, int]:
+    """Source -> number of curated images (all splits) of an ingest output."""
+    s = json.loads((Path(root) / "summary.json").read_text())
+    out: dict[str, int] = {}
+    for row in s["curated_table"]:
+        out[row["source"]] = out.get(row["source"], 0) + row["n"]
+    return out
 
 
 # ---- readers ------------------------------------------------------------------------------------
@@ -100,11 +124,16 @@ def _reader(info: DatasetInfo, split: str, rank: int, size: int, *, repeat: bool
     return reader, deterministic
 
 
-def _rows(reader, thin: bool, rank: int, size: int) -> tf.data.Dataset:
+def _rows(reader, thin: bool, rank: int, size: int, sources: tuple[str, ...] | None = None) -> tf.data.Dataset:
     from petastorm.tf_utils import make_petastorm_dataset
 
     ds = make_petastorm_dataset(reader).unbatch()
-    return ds.shard(size, rank) if thin else ds
+    if thin:
+        ds = ds.shard(size, rank)
+    if sources is not None:
+        kept = tf.constant(list(sources) or [""])
+        ds = ds.filter(lambda row: tf.reduce_any(tf.equal(row.source, kept)))
+    return ds
 
 
 def _decode(image_size: int, n_classes: int):
@@ -155,7 +184,7 @@ def train_dataset(info: DatasetInfo, tcfg, rank: int, size: int, stack: contextl
         reader, thin = _reader(info, split, rank, size, repeat=True, shuffle=True, seed=seed,
                                workers=tcfg.reader_workers, shard=shard)
         stack.callback(lambda: (reader.stop(), reader.join()))
-        ds = _rows(reader, thin, rank, size)
+        ds = _rows(reader, thin, rank, size, info.sources)
         if info.exclude_lung_flagged:
             ds = ds.filter(lambda row: row.lung_mask_ok)
         ds = ds.map(decode, num_parallel_calls=tf.data.AUTOTUNE)
@@ -191,7 +220,7 @@ def eval_batches(info: DatasetInfo, split: str, rank: int, size: int, batch_size
     with contextlib.ExitStack() as stack:
         reader, thin = _reader(info, split, rank, size, repeat=False, shuffle=False, seed=0, workers=workers)
         stack.callback(lambda: (reader.stop(), reader.join()))
-        ds = _rows(reader, thin, rank, size).batch(batch_size)
+        ds = _rows(reader, thin, rank, size, info.sources).batch(batch_size)
         for b in ds.as_numpy_iterator():
             n = len(b.label_index)
             images = np.frombuffer(b"".join(b.image), np.uint8).reshape(n, info.image_size, info.image_size, 1)

@@ -254,7 +254,8 @@ def run_training(cfg: Config, *, resume: bool = False) -> dict[str, Any]:
     _set_threads(hvd.local_size())
     tcfg = cfg.train
     tf.keras.utils.set_random_seed(tcfg.seed)
-    info = tdata.load_dataset_info(tcfg.dataset, tcfg.exclude_lung_flagged, tcfg.train_split)
+    info = tdata.load_dataset_info(tcfg.dataset, tcfg.exclude_lung_flagged, tcfg.train_split,
+                                   exclude_sources=tcfg.exclude_sources)
     out = Path(tcfg.output).resolve()
     checkpoints = out / "checkpoints"
 
@@ -315,7 +316,8 @@ def run_training(cfg: Config, *, resume: bool = False) -> dict[str, Any]:
         from cxrspark import tracking
 
         uri = tracking.tracking_uri(tcfg.mlflow.tracking_uri, out)
-        run = tracking.start_run(uri, tcfg.mlflow.experiment, out, run_id=run_id, run_name=tcfg.mlflow.run_name)
+        run = tracking.start_run(uri, tcfg.mlflow.experiment, out, run_id=run_id, run_name=tcfg.mlflow.run_name,
+                                 parent_run_id=tcfg.mlflow.parent_run_id)
         run_id = run.info.run_id
         if state is None:
             _log_run_params(cfg, info, size, steps, model)
@@ -380,7 +382,8 @@ def _log_run_params(cfg: Config, info: tdata.DatasetInfo, size: int, steps: int,
                          "horovod_size": size, "global_batch_size": cfg.train.batch_size * size,
                          "steps_per_epoch_run": steps, "model_parameters": model.count_params(),
                          **{f"n_{s}": info.size(s) for s in info.counts}})
-    mlflow.set_tags({"dataset.hash": info.dataset_hash, "dataset.path": str(info.root), "model": cfg.train.model})
+    mlflow.set_tags({"dataset.hash": info.dataset_hash, "dataset.path": str(info.root), "model": cfg.train.model,
+                     "dataset.sources": ",".join(info.sources) if info.sources is not None else "all"})
     mlflow.log_artifact(str(info.root / "summary.json"), artifact_path="dataset")
 
 
