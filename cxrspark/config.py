@@ -301,6 +301,24 @@ class EvaluateConfig:
 
 
 @dataclass
+class PredictConfig:
+    """jobs/predict.py: batch prediction with Spark over an ingest output or a folder of image files."""
+    #: as evaluate.model: runs:/..., models:/..., a Keras file, or "latest" (train.mlflow.experiment)
+    model: str = "latest"
+    #: an ingest output (a folder with summary.json) or any folder of image files (searched recursively)
+    input: str = "out/dataset"
+    #: ingest output: a split or "all"
+    split: str = "all"
+    #: folder input: the files to take (a glob relative to the folder; hidden files are skipped)
+    pattern: str = "**/*"
+    #: Parquet of predictions plus summary.json
+    output: str = "out/predictions"
+    batch_size: int = 32
+    #: TensorFlow threads per Spark task
+    threads: int = 1
+
+
+@dataclass
 class Config:
     sources: list[SourceConfig] = field(default_factory=list)
     ingest: IngestConfig = field(default_factory=IngestConfig)
@@ -308,6 +326,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     segmenter: SegmenterConfig = field(default_factory=SegmenterConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    predict: PredictConfig = field(default_factory=PredictConfig)
 
 
 _CHOICES = {
@@ -512,6 +531,8 @@ def _validate(cfg: Config) -> None:
             or ev.probe_folds < 2):
         raise ConfigError("'evaluate': bootstrap >= 1, 0.5 <= level < 1, calibration_bins >= 2, batch_size >= 1, "
                           "probe_folds >= 2")
+    if cfg.predict.batch_size < 1 or cfg.predict.threads < 1:
+        raise ConfigError("'predict': batch_size and threads must be at least 1")
     names = [s.name for s in cfg.sources]
     if len(set(names)) != len(names):
         raise ConfigError(f"source names must be unique: {names}")

@@ -73,6 +73,10 @@ SEGMENTED_DDL = (
     "image binary, lung_mask binary, lung_area_fraction double, lung_components int, "
     "lung_mask_ok boolean, lung_qc string"
 )
+# Columns of batch prediction's classifier UDF (cxrspark.spark.udfs.make_classify_udf): probabilities
+# in the model's class order, the most probable class and its probability; null for unreadable images.
+PREDICTED_DDL = "probabilities array<float>, predicted string, confidence double"
+
 LUNG_COLUMNS = tuple(c.split()[0] for c in SEGMENTED_DDL.split(", ") if not c.startswith("image "))
 
 # The curated table: canonical columns + image + split bookkeeping. Petastorm's make_batch_reader

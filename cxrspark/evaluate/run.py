@@ -20,44 +20,11 @@ from cxrspark.evaluate import report
 from cxrspark.evaluate.bootstrap import patient_bootstrap
 from cxrspark.evaluate.calibration import expected_calibration_error, reliability_table
 from cxrspark.evaluate.metrics import confusion_matrix, per_class_table, per_source_table
+from cxrspark.modelref import ModelRefError, load_model, resolve_model
 
 
 class EvaluationError(ValueError):
     pass
-
-
-def resolve_model(spec: str, experiment: str) -> tuple[str, str | None]:
-    """(model URI or path, the training run id when known)."""
-    import mlflow
-
-    if spec == "latest":
-        exp = mlflow.get_experiment_by_name(experiment)
-        runs = [] if exp is None else mlflow.search_runs([exp.experiment_id], filter_string="status = 'FINISHED'",
-                                                        order_by=["start_time DESC"], output_format="list")
-        for run in runs:
-            models = mlflow.search_logged_models(experiment_ids=[exp.experiment_id], output_format="list",
-                                                 filter_string=f"source_run_id = '{run.info.run_id}'")
-            if models:
-                return f"models:/{models[0].model_id}", run.info.run_id
-        raise EvaluationError(f"no finished run with a logged model in experiment {experiment!r} at "
-                              f"{mlflow.get_tracking_uri()}; train one or set evaluate.model")
-    if spec.startswith("runs:/"):
-        return spec, spec[len("runs:/"):].split("/")[0]
-    if spec.startswith("models:/"):
-        model = mlflow.get_logged_model(spec[len("models:/"):])
-        return spec, model.source_run_id
-    if not Path(spec).exists():
-        raise EvaluationError(f"evaluate.model {spec!r} is neither an MLflow URI nor an existing file")
-    return spec, None
-
-
-def load_model(uri: str):
-    import tensorflow as tf
-
-    if uri.startswith(("runs:/", "models:/")):
-        import mlflow.tensorflow
-        return mlflow.tensorflow.load_model(uri)
-    return tf.keras.models.load_model(uri)
 
 
 def splits_of(info, split: str) -> list[str]:
@@ -148,7 +115,10 @@ def run_evaluation(cfg: Config, *, parent_run_id: str | None = None, run_name: s
     probe_splits = sorted({sp for name in ev.probe_splits for sp in splits_of(info, name)})
     uri = tracking.tracking_uri(cfg.train.mlflow.tracking_uri, cfg.train.output)
     mlflow.set_tracking_uri(uri)
-    model_uri, train_run = resolve_model(ev.model, cfg.train.mlflow.experiment)
+    try:
+        model_uri, train_run = resolve_model(ev.model, cfg.train.mlflow.experiment)
+    except ModelRefError as exc:
+        raise EvaluationError(f"evaluate.model: {exc}") from exc
     model = load_model(model_uri)
     classes = info.classes
     p = predict(model, info, splits, ev.batch_size, features=True)

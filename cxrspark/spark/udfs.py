@@ -5,6 +5,8 @@
   quarantines the row.
 - ``make_segment_udf``: lung masks with the U-Net. The model is loaded once per Python worker (a
   module-level cache that outlives tasks, as Spark reuses its Python workers) and run on batches.
+- ``make_classify_udf``: class probabilities of a trained classifier, shipped to the workers as a
+  broadcast of its saved bytes and loaded once per Python worker the same way.
 """
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ import numpy as np
 import pandas as pd
 from pyspark.sql.functions import pandas_udf
 
-from cxrspark.schema import DECODED_DDL, SEGMENTED_DDL
+from cxrspark.schema import DECODED_DDL, PREDICTED_DDL, SEGMENTED_DDL
 
 
 def prepare_one(path: str, *, size: int, resize_mode: str, contrast: str, max_pixels: int,
@@ -70,20 +72,26 @@ _SEGMENTERS: dict[tuple, Any] = {}
 LOADS = {"count": 0}
 
 
+def _tf_threads(threads: int):
+    """Import TensorFlow in a Python worker, limited to `threads` threads (a Spark task holds one core)."""
+    import os
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import tensorflow as tf
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(1)
+    except RuntimeError:  # TensorFlow already running in this process: keep its setting
+        pass
+    return tf
+
+
 def segmenter(weights: str | None, threads: int, batch_size: int):
     """The process's LungSegmenter for these weights (built on first use, then reused)."""
     key = (weights, threads, batch_size)
     if key not in _SEGMENTERS:
-        import os
-        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-        import tensorflow as tf
-
+        _tf_threads(threads)
         from cxrspark.segmentation.inference import LungSegmenter
-        try:
-            tf.config.threading.set_intra_op_parallelism_threads(threads)
-            tf.config.threading.set_inter_op_parallelism_threads(1)
-        except RuntimeError:  # TensorFlow already running in this process: keep its setting
-            pass
+
         _SEGMENTERS[key] = LungSegmenter(weights, batch_size=batch_size)
         LOADS["count"] += 1
     return _SEGMENTERS[key]
@@ -128,3 +136,60 @@ def make_segment_udf(*, weights: str | None, stored_image: str, crop_margin: flo
             yield segment_batch(seg, list(images), list(heights), **opts)
 
     return segment_lungs
+
+
+# ---- classification (batch prediction) ----------------------------------------------------------
+_CLASSIFIERS: dict[str, Any] = {}
+#: weights digest -> how many times this Python process loaded that classifier (the tests: once per worker)
+CLASSIFIER_LOADS: dict[str, int] = {}
+
+
+def classifier(digest: str, payload, threads: int):
+    """The process's Keras model with this digest; ``payload`` (bytes of a saved .keras file, or a
+    Spark broadcast of them) is read only when the model is not loaded yet."""
+    if digest not in _CLASSIFIERS:
+        import os
+        import tempfile
+
+        tf = _tf_threads(threads)
+        data = payload.value if hasattr(payload, "value") else payload
+        with tempfile.TemporaryDirectory() as tmp:
+            path = os.path.join(tmp, "model.keras")
+            with open(path, "wb") as fh:
+                fh.write(data)
+            _CLASSIFIERS[digest] = tf.keras.models.load_model(path, compile=False)
+        CLASSIFIER_LOADS[digest] = CLASSIFIER_LOADS.get(digest, 0) + 1
+    return _CLASSIFIERS[digest]
+
+
+def classify_batch(model, images: list[bytes | None], heights: list, classes: list[str],
+                   batch_size: int) -> pd.DataFrame:
+    """Probabilities, predicted class and its probability for stored images (raw uint8, square);
+    rows without an image stay null."""
+    cols = [c.split()[0] for c in PREDICTED_DDL.split(", ")]
+    out = pd.DataFrame({c: pd.Series([None] * len(images), dtype=object) for c in cols})
+    by_size: dict[int, list[int]] = {}
+    for i, (data, h) in enumerate(zip(images, heights)):
+        if data is not None and h is not None and not pd.isna(h):
+            by_size.setdefault(int(h), []).append(i)
+    for s, idx in by_size.items():
+        stack = np.stack([np.frombuffer(images[i], dtype=np.uint8).reshape(s, s, 1) for i in idx]).astype(np.float32)
+        probs = np.concatenate([np.asarray(model(stack[k:k + batch_size], training=False))
+                                for k in range(0, len(stack), batch_size)])
+        best = probs.argmax(1)
+        out.loc[idx, "probabilities"] = pd.Series([row.astype(np.float32).tolist() for row in probs], index=idx)
+        out.loc[idx, "predicted"] = [classes[k] for k in best]
+        out.loc[idx, "confidence"] = probs.max(1).astype(float)
+    return out
+
+
+def make_classify_udf(*, payload, digest: str, classes: list[str], batch_size: int, threads: int):
+    """A pandas UDF: (image, height) -> struct of PREDICTED_DDL."""
+
+    @pandas_udf(PREDICTED_DDL)
+    def classify(batches: Iterator[Tuple[pd.Series, pd.Series]]) -> Iterator[pd.DataFrame]:
+        model = classifier(digest, payload, threads)
+        for images, heights in batches:
+            yield classify_batch(model, list(images), list(heights), classes, batch_size)
+
+    return classify
