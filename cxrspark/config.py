@@ -301,6 +301,21 @@ class EvaluateConfig:
 
 
 @dataclass
+class LosoConfig:
+    """jobs/loso.py: leave-one-source-out. For each source: train on every other source (train.*
+    settings), then evaluate on all images of the left-out source (evaluate.* settings)."""
+    #: the sources to leave out in turn; empty: every source with at least min_images curated images
+    sources: list[str] = field(default_factory=list)
+    min_images: int = 50
+    #: one training output folder per left-out source goes under here
+    output: str = "out/loso"
+    #: the parent run, its training and evaluation runs all go to this experiment
+    experiment: str = "cxrspark-loso"
+    #: Horovod ranks per training (1: plain python; more: horovodrun on this machine)
+    ranks: int = 1
+
+
+@dataclass
 class PredictConfig:
     """jobs/predict.py: batch prediction with Spark over an ingest output or a folder of image files."""
     #: as evaluate.model: runs:/..., models:/..., a Keras file, or "latest" (train.mlflow.experiment)
@@ -327,6 +342,7 @@ class Config:
     segmenter: SegmenterConfig = field(default_factory=SegmenterConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     predict: PredictConfig = field(default_factory=PredictConfig)
+    loso: LosoConfig = field(default_factory=LosoConfig)
 
 
 _CHOICES = {
@@ -531,6 +547,8 @@ def _validate(cfg: Config) -> None:
             or ev.probe_folds < 2):
         raise ConfigError("'evaluate': bootstrap >= 1, 0.5 <= level < 1, calibration_bins >= 2, batch_size >= 1, "
                           "probe_folds >= 2")
+    if cfg.loso.min_images < 1 or cfg.loso.ranks < 1:
+        raise ConfigError("'loso': min_images and ranks must be at least 1")
     if cfg.predict.batch_size < 1 or cfg.predict.threads < 1:
         raise ConfigError("'predict': batch_size and threads must be at least 1")
     names = [s.name for s in cfg.sources]

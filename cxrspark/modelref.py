@@ -25,10 +25,9 @@ def resolve_model(spec: str, experiment: str) -> tuple[str, str | None]:
         runs = [] if exp is None else mlflow.search_runs([exp.experiment_id], filter_string="status = 'FINISHED'",
                                                         order_by=["start_time DESC"], output_format="list")
         for run in runs:
-            models = mlflow.search_logged_models(experiment_ids=[exp.experiment_id], output_format="list",
-                                                 filter_string=f"source_run_id = '{run.info.run_id}'")
-            if models:
-                return f"models:/{models[0].model_id}", run.info.run_id
+            uri = logged_model(run.info.run_id, exp.experiment_id)
+            if uri:
+                return uri, run.info.run_id
         raise ModelRefError(f"no finished run with a logged model in experiment {experiment!r} at "
                             f"{mlflow.get_tracking_uri()}; train one or name the model")
     if spec.startswith("runs:/"):
@@ -39,6 +38,17 @@ def resolve_model(spec: str, experiment: str) -> tuple[str, str | None]:
     if not Path(spec).exists():
         raise ModelRefError(f"model {spec!r} is neither an MLflow URI nor an existing file")
     return spec, None
+
+
+def logged_model(run_id: str, experiment_id: str | None = None) -> str | None:
+    """``models:/<id>`` of the model a run logged, or None."""
+    import mlflow
+
+    if experiment_id is None:
+        experiment_id = mlflow.get_run(run_id).info.experiment_id
+    models = mlflow.search_logged_models(experiment_ids=[experiment_id], output_format="list",
+                                         filter_string=f"source_run_id = '{run_id}'")
+    return f"models:/{models[0].model_id}" if models else None
 
 
 def load_model(uri: str):

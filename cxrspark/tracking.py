@@ -28,6 +28,23 @@ def default_store(train_output: str | Path) -> Path:
     return Path(train_output).resolve().parent / "mlflow"
 
 
+def ensure_experiment(uri: str, experiment: str, train_output: str | Path) -> str:
+    """The id of ``experiment`` at ``uri``, created if needed (in the default local store, with its
+    artifacts beside the database)."""
+    import mlflow
+
+    if uri.startswith("sqlite:///"):
+        Path(uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+    client = mlflow.tracking.MlflowClient(uri)
+    exp = client.get_experiment_by_name(experiment)
+    if exp is not None:
+        return exp.experiment_id
+    location = None
+    if uri == f"sqlite:///{default_store(train_output) / 'mlflow.db'}":
+        location = (default_store(train_output) / "artifacts").as_uri()
+    return client.create_experiment(experiment, artifact_location=location)
+
+
 def start_run(uri: str, experiment: str, train_output: str | Path, *, run_id: str | None = None,
               run_name: str | None = None, parent_run_id: str | None = None):
     """Open (or re-open, when resuming) the run; a new experiment in the default local store keeps
@@ -35,16 +52,10 @@ def start_run(uri: str, experiment: str, train_output: str | Path, *, run_id: st
     (which may be in another experiment)."""
     import mlflow
 
-    if uri.startswith("sqlite:///"):
-        Path(uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
     mlflow.set_tracking_uri(uri)
     if run_id:
         return mlflow.start_run(run_id=run_id)
-    if mlflow.get_experiment_by_name(experiment) is None:
-        location = None
-        if uri == f"sqlite:///{default_store(train_output) / 'mlflow.db'}":
-            location = (default_store(train_output) / "artifacts").as_uri()
-        mlflow.create_experiment(experiment, artifact_location=location)
+    ensure_experiment(uri, experiment, train_output)
     mlflow.set_experiment(experiment)
     tags = {"mlflow.parentRunId": parent_run_id} if parent_run_id else None
     return mlflow.start_run(run_name=run_name, tags=tags)

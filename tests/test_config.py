@@ -81,7 +81,8 @@ def test_jobs_share_the_config_options_and_refuse_a_bad_key(tmp_path):
     assert config_from_arguments(args).train.model == "vgg_dcnn"  # later files win
     with pytest.raises(ConfigError, match="train.bogus"):
         config_from_arguments(ap.parse_args(["--set", "train.bogus=1"]))
-    for job in ("jobs/train.py", "jobs/ingest.py", "jobs/train_segmenter.py", "jobs/evaluate.py", "jobs/predict.py"):
+    for job in ("jobs/train.py", "jobs/ingest.py", "jobs/train_segmenter.py", "jobs/evaluate.py", "jobs/predict.py",
+                "jobs/loso.py"):
         proc = subprocess.run([sys.executable, job, "--set", "train.bogus=1"], cwd=REPO, capture_output=True,
                               text=True, timeout=120)
         assert proc.returncode == 2 and "unknown key 'train.bogus'" in proc.stderr, (job, proc.stderr)

@@ -186,3 +186,41 @@ def model_card(ctx: dict[str, Any]) -> str:
               "  COVID collections, Normal images mostly from others); read the per-source table before any metric.",
               "- Not for clinical use; not a medical device.", ""]
     return "\n".join(lines)
+
+
+# ---- leave-one-source-out -------------------------------------------------------------------------
+def loso_figure(table: pd.DataFrame):
+    """Accuracy on each left-out source (with its CI) next to the same model on the seen sources' test split."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(1.6 + 1.3 * len(table), 3.6), dpi=110)
+    x = np.arange(len(table))
+    acc = table["accuracy"].to_numpy(float)
+    err = np.vstack([acc - table["accuracy_low"].to_numpy(float), table["accuracy_high"].to_numpy(float) - acc])
+    ax.bar(x - 0.18, acc, 0.36, yerr=err, capsize=3, label="left-out source (all its images)")
+    ax.bar(x + 0.18, table["seen_sources_test_accuracy"].to_numpy(float), 0.36,
+           label="seen sources' test split", alpha=0.6)
+    ax.set_xticks(x, [f"without\n{s}" for s in table["left_out"]])
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("accuracy")
+    ax.legend(fontsize=7, loc="lower right")
+    ax.set_title("Leave-one-source-out")
+    fig.tight_layout()
+    return fig
+
+
+def loso_markdown(table: pd.DataFrame, classes: list[str], skipped: dict[str, str], model: str) -> str:
+    lines = [f"# Leave-one-source-out: {model}", "",
+             "Each row: a model trained (and early-stopped) on every other source, evaluated on ALL images of the",
+             "left-out source, which it never saw. Intervals: 95% patient bootstrap. `seen_sources_test_accuracy`:",
+             "the same model on the test split of the sources it trained on. A large gap means the model does not",
+             "carry over to a new collection; `classes_missing_in_training` are classes of the left-out source",
+             "that no other source has (the model cannot predict them).", ""]
+    if len(table):
+        cols = ["left_out", "status", "images", "patients", "accuracy", "accuracy_low", "accuracy_high", "macro_f1",
+                "macro_auc", "ece", "seen_sources_test_accuracy",
+                *[f"recall_{c}" for c in classes], "classes_missing_in_training"]
+        lines += [markdown_table(table[[c for c in cols if c in table.columns]]), ""]
+    if skipped:
+        lines += ["Not left out: " + "; ".join(f"{s} ({why})" for s, why in skipped.items()), ""]
+    lines += ["Not for clinical use.", ""]
+    return "\n".join(lines)

@@ -83,7 +83,7 @@ def load_dataset_info(root: str | Path, exclude_lung_flagged: bool = False,
     present = sorted({row["source"] for row in s["curated_table"]})
     kept: tuple[str, ...] | None = None
     if include_sources or exclude_sources:
-        unknown = sorted(set(include_sources or []) | set(exclude_sources or []) - set(present))
+        unknown = sorted((set(include_sources or []) | set(exclude_sources or [])) - set(present))
         if unknown:
             raise DatasetError(f"{root} has no images of source(s) {unknown}; its sources: {present}")
         kept = tuple(src for src in present if (not include_sources or src in include_sources)

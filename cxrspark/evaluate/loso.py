@@ -1,0 +1,170 @@
+"""Leave-one-source-out: how a model does on a collection (a "hospital") it never saw.
+
+    result = run_loso(cfg)        # cfg.loso says which sources; cfg.train and cfg.evaluate the rest
+
+For each left-out source S:
+1. train: ``jobs/train.py`` in a subprocess (``horovodrun`` with ``loso.ranks`` > 1) on the resolved
+   config plus ``train.exclude_sources=[S]``: S is out of the training AND the validation split (so
+   early stopping does not select on it either); output ``<loso.output>/<S>``.
+2. evaluate: :func:`cxrspark.evaluate.run.run_evaluation` on ALL curated images of S (every split:
+   the model never saw any of them), with patient-bootstrap CIs.
+
+One parent MLflow run (experiment ``loso.experiment``) holds the table (one row per source:
+accuracy and macro F1 with CIs, macro AUC, per-class recall, ECE, the same model's accuracy on the
+test split of the sources it saw, the classes S has but training lacked) as ``loso/table.json``, a
+markdown report and a figure; every training and evaluation run is its child. A fold that fails is a
+row with its reason; the others still run.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import pandas as pd
+import yaml
+
+from cxrspark.config import Config, config_from_dict, to_dict
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+class LosoError(ValueError):
+    pass
+
+
+def plan_folds(counts: dict[str, int], wanted: list[str], min_images: int) -> tuple[list[str], dict[str, str]]:
+    """(sources to leave out in turn, source -> why it is not a fold)."""
+    if wanted:
+        unknown = sorted(set(wanted) - set(counts))
+        if unknown:
+            raise LosoError(f"loso.sources names sources the dataset does not have: {unknown}; "
+                            f"its sources: {sorted(counts)}")
+        return list(wanted), {}
+    folds = [s for s in sorted(counts) if counts[s] >= min_images]
+    skipped = {s: f"{counts[s]} images < loso.min_images {min_images}" for s in sorted(counts) if s not in folds}
+    if len(counts) < 2:
+        raise LosoError(f"leave-one-source-out needs at least two sources; the dataset has {sorted(counts)}")
+    return folds, skipped
+
+
+def train_command(config_file: Path, ranks: int, overrides: list[str]) -> list[str]:
+    train = [sys.executable, str(REPO / "jobs" / "train.py"), "--config", str(config_file)]
+    for o in overrides:
+        train += ["--set", o]
+    if ranks == 1:
+        return train
+    horovodrun = str(Path(sys.executable).parent / "horovodrun")
+    return [horovodrun, "--gloo", "-np", str(ranks), "-H", f"localhost:{ranks}", *train]
+
+
+def _ci(ci: pd.DataFrame, row: str, metric: str) -> tuple[float, float, float]:
+    r = ci[(ci["class"] == row) & (ci["metric"] == metric)]
+    return tuple(float(r.iloc[0][k]) for k in ("value", "low", "high")) if len(r) else (np.nan,) * 3
+
+
+def fold_row(source: str, ev: dict[str, Any], classes: list[str], missing: list[str],
+             seen_test_accuracy: float | None) -> dict[str, Any]:
+    """One table row from an evaluation result of :func:`run_evaluation`."""
+    acc, f1 = _ci(ev["ci"], "accuracy", "accuracy"), _ci(ev["ci"], "macro avg", "f1")
+    table = ev["table"].set_index("class")
+    row = {"left_out": source, "status": "ok", "images": ev["n"], "patients": ev["patients"],
+           "accuracy": acc[0], "accuracy_low": acc[1], "accuracy_high": acc[2],
+           "macro_f1": f1[0], "macro_f1_low": f1[1], "macro_f1_high": f1[2],
+           "macro_auc": float(table.loc["macro avg", "auc"]), "ece": float(ev["ece"]),
+           "seen_sources_test_accuracy": seen_test_accuracy if seen_test_accuracy is not None else np.nan,
+           "classes_missing_in_training": ",".join(missing)}
+    for c in classes:
+        support = int(table.loc[c, "support"])
+        row[f"recall_{c}"] = float(table.loc[c, "recall"]) if support else np.nan
+        row[f"n_{c}"] = support
+    return row
+
+
+def run_loso(cfg: Config, log: Callable[[str], None] = print) -> dict[str, Any]:
+    import matplotlib.pyplot as plt
+    import mlflow
+
+    from cxrspark import tracking
+    from cxrspark.evaluate import report
+    from cxrspark.evaluate.run import run_evaluation
+    from cxrspark.modelref import logged_model
+    from cxrspark.train import data as tdata
+    from cxrspark.train.loop import read_state
+
+    lc = cfg.loso
+    dataset = Path(cfg.train.dataset).resolve()
+    try:
+        info = tdata.load_dataset_info(dataset)
+    except tdata.DatasetError as exc:
+        raise LosoError(str(exc)) from exc
+    counts = tdata.sources_of(dataset)
+    folds, skipped = plan_folds(counts, lc.sources, lc.min_images)
+    out = Path(lc.output).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    uri = tracking.tracking_uri(cfg.train.mlflow.tracking_uri, cfg.train.output)
+    mlflow.set_tracking_uri(uri)
+    client = mlflow.tracking.MlflowClient(uri)
+    parent = client.create_run(tracking.ensure_experiment(uri, lc.experiment, cfg.train.output),
+                               run_name="leave-one-source-out",
+                               tags={"loso.dataset": str(dataset), "dataset.hash": info.dataset_hash})
+    parent_id = parent.info.run_id
+    base = to_dict(cfg)
+    base["train"]["dataset"] = str(dataset)
+    base["train"]["mlflow"].update(tracking_uri=uri, experiment=lc.experiment, parent_run_id=parent_id)
+    config_file = out / "config.yaml"
+    config_file.write_text(yaml.safe_dump(base, sort_keys=False))
+    client.log_artifact(parent_id, str(config_file), "loso")
+    for k, v in {"dataset": str(dataset), "dataset_hash": info.dataset_hash, "folds": ",".join(folds),
+                 "ranks": lc.ranks, "model": cfg.train.model, "epochs": cfg.train.epochs,
+                 **{f"skipped.{s}": why for s, why in skipped.items()}}.items():
+        client.log_param(parent_id, k, str(v))
+    log(f"leave-one-source-out over {folds} (skipped: {skipped or 'none'}); parent run {parent_id} at {uri}")
+
+    rows: list[dict[str, Any]] = []
+    for source in folds:
+        started = time.time()
+        fold_out = out / source
+        train_info = tdata.load_dataset_info(dataset, exclude_sources=[source])
+        missing = [c for c in info.classes if train_info.counts[cfg.train.train_split][c] == 0]
+        cmd = train_command(config_file, lc.ranks, [f"train.exclude_sources=[{source}]", f"train.output={fold_out}",
+                                                    f"train.mlflow.run_name=train without {source}"])
+        log(f"[{source}] training on the other sources: {' '.join(cmd[-8:])}")
+        proc = subprocess.run(cmd, cwd=REPO, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+        state = read_state(fold_out / "checkpoints")
+        train_run = state.get("mlflow_run_id") if state else None
+        model_uri = logged_model(train_run) if proc.returncode == 0 and train_run else None
+        if model_uri is None:
+            rows.append({"left_out": source, "status": f"training failed (exit {proc.returncode})",
+                         "classes_missing_in_training": ",".join(missing)})
+            log(f"[{source}] training failed with exit code {proc.returncode}")
+            continue
+        ev_cfg = config_from_dict({**base, "evaluate": {**base["evaluate"], "model": model_uri, "split": "all",
+                                                        "sources": [source], "probe_splits": [],
+                                                        "experiment": lc.experiment, "dataset": str(dataset)}})
+        ev = run_evaluation(ev_cfg, parent_run_id=parent_id, run_name=f"evaluate on {source}")
+        seen = client.get_run(train_run).data.metrics.get(f"final_{cfg.train.test_split}_accuracy")
+        row = fold_row(source, ev, info.classes, missing, seen)
+        row.update(train_run_id=train_run, eval_run_id=ev["run_id"], minutes=round((time.time() - started) / 60, 1))
+        rows.append(row)
+        log(f"[{source}] {row['images']} images of {row['patients']} patients: accuracy {row['accuracy']:.3f} "
+            f"[{row['accuracy_low']:.3f}, {row['accuracy_high']:.3f}] (on the seen sources' test split: "
+            f"{row['seen_sources_test_accuracy']:.3f})")
+
+    table = pd.DataFrame(rows)
+    client.log_table(parent_id, table, artifact_file="loso/table.json")
+    client.log_text(parent_id, report.loso_markdown(table, info.classes, skipped, cfg.train.model), "loso/LOSO.md")
+    ok = table[table["status"] == "ok"] if len(table) else table
+    if len(ok):
+        fig = report.loso_figure(ok)
+        client.log_figure(parent_id, fig, "loso/accuracy.png")
+        plt.close(fig)
+        for r in ok.itertuples():
+            client.log_metric(parent_id, f"accuracy_without_{r.left_out}", r.accuracy)
+    failed = len(table) - len(ok)
+    client.set_terminated(parent_id, "FINISHED" if not failed else "FAILED")
+    return {"parent_run_id": parent_id, "tracking_uri": uri, "table": table, "skipped": skipped, "failed": failed}
