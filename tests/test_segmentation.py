@@ -145,6 +145,24 @@ def test_lung_box_crop_and_masking():
     assert masked.sum() == 200 * 3600 and masked[50, 50] == 0
 
 
+def test_mask_in_stored_frame_follows_the_lung_crop():
+    """Grad-CAM's lung mass needs the mask aligned with the STORED image; for lung_crop the stored
+    mask (full frame) must be cut and resized like the image."""
+    prob = np.zeros((100, 100), np.float32)  # two small "lungs" in the top-left quarter
+    prob[10:40, 8:22] = prob[10:40, 26:40] = 1.0
+    mask, _ = M.clean_mask(prob)
+    image = np.where(mask.astype(bool), 200, 40).astype(np.uint8)  # bright lungs, dark elsewhere
+    for margin in (0.0, 0.1):
+        stored = M.analyse(image, prob, stored_image="lung_crop", crop_margin=margin)
+        aligned = M.mask_in_stored_frame(stored.mask, "lung_crop", margin)
+        assert aligned.shape == stored.image.shape
+        assert stored.image[aligned == 1].mean() > 190  # the aligned mask lies on the lungs of the crop
+        lungs = stored.image > 120
+        assert aligned[lungs].mean() > 0.95  # ... and covers them
+        assert stored.mask[lungs].mean() < 0.5  # the full-frame mask does not
+    assert M.mask_in_stored_frame(mask, "full", 0.1) is mask and M.mask_in_stored_frame(mask, "lung_masked", 0.1) is mask
+
+
 def test_mask_storage_roundtrip_is_exact_and_compact():
     mask, _ = M.clean_mask(_two_lungs(224))
     data = M.encode_mask(mask)
@@ -345,6 +363,23 @@ def test_ingest_with_unet_fills_the_lung_columns(spark, tmp_path):
         seen = {x.numpy().astype(np.uint8).tobytes()
                 for x, _ in train_dataset(info, tcfg, 0, 1, stack).take(6 * len(kept_images))}
     assert seen == kept_images
+
+    # evaluation on a segmented dataset: Grad-CAM mass inside the lungs, per class, in the card
+    import tensorflow as tf
+
+    from cxrspark.evaluate.run import run_evaluation
+    from cxrspark.train.models import build_model
+    tf.keras.utils.set_random_seed(0)
+    build_model("seed_cnn", 3, info.image_size, input_size=64).save(tmp_path / "m.keras")
+    ev = run_evaluation(load_config([REPO / "conf/train.yaml"], [
+        f"train.dataset={tmp_path / 'ds'}", f"train.mlflow.tracking_uri=sqlite:///{tmp_path}/mlflow.db",
+        f"evaluate.model={tmp_path / 'm.keras'}", "evaluate.split=all", "evaluate.bootstrap=20",
+        "evaluate.gradcam_per_class=2", "evaluate.probe_splits=[]"]))
+    lung_mass = ev["lung_mass"]
+    assert lung_mass is not None and set(lung_mass["class"]) <= set(info.classes) and len(lung_mass)
+    assert lung_mass["mass_in_lungs"].between(0, 1).all() and (lung_mass["images"] >= 1).all()
+    assert lung_mass["lung_area"].between(0.05, 0.95).all()
+    assert "Fraction of Grad-CAM mass inside the lung mask" in ev["card"] and ev["probe"] is None
 
 
 def test_segmentation_config_and_missing_weights_fail_before_any_work(spark, tmp_path, sample_dataset):

@@ -156,7 +156,8 @@ def model_card(ctx: dict[str, Any]) -> str:
     lungs = ctx.get("lung_mass")
     lines += ["## Where the model looks (Grad-CAM)", ""]
     if lungs is not None and len(lungs):
-        lines += ["Fraction of Grad-CAM mass inside the lung mask (mean over the images shown, per true class):", "",
+        lines += ["Fraction of Grad-CAM mass inside the lung mask (mean over the images shown, per true class).",
+                  "`lung_area` is the fraction of the image the lungs cover: what a map spread evenly would score.", "",
                   markdown_table(lungs), ""]
         low = lungs[lungs["mass_in_lungs"] < 0.5]
         if len(low):

@@ -63,10 +63,14 @@ def predict(model, info, splits: list[str], batch_size: int, features: bool = Fa
 
 
 def lung_masks(info, splits: list[str], record_ids: list[str]) -> dict[str, np.ndarray]:
-    """The stored lung masks of some records (empty when the dataset was ingested without them)."""
+    """The lung masks of some records in the frame of their stored images (empty when the dataset was
+    ingested without segmentation)."""
     import pyarrow.dataset as ds
 
-    from cxrspark.segmentation.masks import decode_mask
+    from cxrspark.segmentation.masks import decode_mask, mask_in_stored_frame
+
+    lungs = json.loads((info.root / "summary.json").read_text())["config"]["ingest"].get("lungs", {})
+    stored, margin = lungs.get("stored_image", "full"), float(lungs.get("crop_margin", 0.0))
 
     masks: dict[str, np.ndarray] = {}
     for split in splits:
@@ -78,7 +82,8 @@ def lung_masks(info, splits: list[str], record_ids: list[str]) -> dict[str, np.n
             return {}
         rows = table.to_table(columns=["record_id", "lung_mask"],
                               filter=ds.field("record_id").isin(record_ids)).to_pylist()
-        masks.update({r["record_id"]: decode_mask(r["lung_mask"]) for r in rows if r["lung_mask"] is not None})
+        masks.update({r["record_id"]: mask_in_stored_frame(decode_mask(r["lung_mask"]), stored, margin)
+                      for r in rows if r["lung_mask"] is not None})
     return masks
 
 
@@ -143,9 +148,13 @@ def run_evaluation(cfg: Config, *, parent_run_id: str | None = None, run_name: s
               for i, cam in zip(picks, cams)]
     lung_mass = None
     if masks:
-        lung_mass = (pd.DataFrame({"class": [classes[y[i]] for i in picks], "mass_in_lungs": inside})
+        area = [float(masks[str(p["record_id"][i])].mean()) if str(p["record_id"][i]) in masks else np.nan
+                for i in picks]
+        lung_mass = (pd.DataFrame({"class": [classes[y[i]] for i in picks], "mass_in_lungs": inside,
+                                   "lung_area": area})
                      .dropna().groupby("class", sort=False)
-                     .agg(images=("mass_in_lungs", "size"), mass_in_lungs=("mass_in_lungs", "mean")).reset_index())
+                     .agg(images=("mass_in_lungs", "size"), mass_in_lungs=("mass_in_lungs", "mean"),
+                          lung_area=("lung_area", "mean")).reset_index())
 
     summary = json.loads((info.root / "summary.json").read_text())
     data_table = pd.DataFrame(summary["curated_table"])[["source", "label", "split", "n"]]

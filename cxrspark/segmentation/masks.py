@@ -170,6 +170,14 @@ def crop_to_lungs(image: np.ndarray, mask: np.ndarray, margin: float) -> np.ndar
     return resize(image[top:bottom, left:right], image.shape[0], "pad")
 
 
+def mask_in_stored_frame(mask: np.ndarray, stored_image: str, crop_margin: float) -> np.ndarray:
+    """The stored mask (always in the full image's frame) aligned with the stored image: for
+    ``lung_crop`` cut and resized exactly like the image, else unchanged."""
+    if stored_image != "lung_crop":
+        return mask
+    return (crop_to_lungs(mask.astype(np.uint8) * 255, mask, crop_margin) >= 128).astype(np.uint8)
+
+
 def mask_outside_lungs(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
     """Non-lung pixels set to 0."""
     return np.where(mask.astype(bool), image, 0).astype(np.uint8)
