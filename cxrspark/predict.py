@@ -54,6 +54,21 @@ def preprocessing_config(cfg: Config, train_dataset: Path | None) -> tuple[Confi
     return cfg, "config ingest section"
 
 
+def preprocessing_differences(dataset: Path, train_dataset: Path | None) -> list[str]:
+    """Ingest settings that shape the stored image and differ between an input dataset and the one
+    the model was trained on (empty when they agree or the training data is unknown)."""
+    if train_dataset is None:
+        return []
+    a, b = (json.loads((d / "summary.json").read_text())["config"]["ingest"] for d in (dataset, train_dataset))
+    keys = [("resize_mode",), ("contrast",), ("segmentation",), ("lungs", "stored_image"), ("lungs", "crop_margin")]
+
+    def get(cfg: dict, key: tuple) -> Any:
+        for k in key:
+            cfg = cfg.get(k, {}) if isinstance(cfg, dict) else None
+        return cfg
+    return [f"{'.'.join(k)}: {get(a, k)!r} here, {get(b, k)!r} in training" for k in keys if get(a, k) != get(b, k)]
+
+
 def _dataset_frame(spark: SparkSession, root: Path, split: str, classes: list[str], size: int) -> DataFrame:
     summary = json.loads((root / "summary.json").read_text())
     if summary["classes"] != classes:
@@ -114,8 +129,12 @@ def run_predict(spark: SparkSession, cfg: Config, log: Callable[[str], None] = p
         payload = (Path(tmp) / "model.keras").read_bytes()
 
     is_dataset = (root / "summary.json").is_file()
+    differences: list[str] = []
     if is_dataset:
         df, n_inputs, prepared_by = _dataset_frame(spark, root, pc.split, classes, size), None, "ingest output (stored images)"
+        differences = preprocessing_differences(root, train_data)
+        for d in differences:
+            log(f"predict: WARNING the input was prepared differently from the model's training data: {d}")
     else:
         prep, prepared_by = preprocessing_config(cfg, train_data)
         if prep.ingest.image_size != size:
@@ -149,7 +168,8 @@ def run_predict(spark: SparkSession, cfg: Config, log: Callable[[str], None] = p
         "files": n_inputs, "rows": rows, "predicted": {c: int(predicted.get(c, 0)) for c in classes},
         "unreadable": int(sum(reasons.values())), "reasons": dict(sorted(reasons.items())),
         "model": model_uri, "model_digest": digest, "train_run_id": train_run, "classes": classes,
-        "image_size": size, "preprocessing": prepared_by, "output": str(out / "predictions"),
+        "image_size": size, "preprocessing": prepared_by, "preprocessing_differences": differences,
+        "output": str(out / "predictions"),
         "seconds": round(time.time() - started, 1),
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2))

@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 
 from cxrspark.config import load_config
-from cxrspark.predict import column_name, list_files, run_predict
+from cxrspark.predict import column_name, list_files, preprocessing_differences, run_predict
 
 REPO = Path(__file__).resolve().parents[1]
 CLASSES = ["COVID-19", "Normal", "Pneumonia"]
@@ -164,3 +164,20 @@ def test_predict_over_the_real_images_reads_every_image_file(spark, real_data, t
     others = [f for f in files if f not in images]  # metadata.csv and the like
     assert others and got.loc[others, "error"].str.startswith("not_an_image:").all()
     assert summary["unreadable"] == len(others)
+
+
+def test_preprocessing_differences_name_the_settings_that_change_the_stored_image(tmp_path):
+    def dataset(name: str, **ingest) -> Path:
+        (tmp_path / name).mkdir()
+        base = {"resize_mode": "pad", "contrast": "none", "segmentation": "none",
+                "lungs": {"stored_image": "full", "crop_margin": 0.05}, "image_size": 224}
+        base.update(ingest)
+        (tmp_path / name / "summary.json").write_text(json.dumps({"config": {"ingest": base}}))
+        return tmp_path / name
+
+    train = dataset("train")
+    assert preprocessing_differences(dataset("same", image_size=224), train) == []
+    other = dataset("other", contrast="clahe", lungs={"stored_image": "lung_crop", "crop_margin": 0.05})
+    assert preprocessing_differences(other, train) == ["contrast: 'clahe' here, 'none' in training",
+                                                       "lungs.stored_image: 'lung_crop' here, 'full' in training"]
+    assert preprocessing_differences(other, None) == []
