@@ -313,6 +313,8 @@ class LosoConfig:
     experiment: str = "cxrspark-loso"
     #: Horovod ranks per training (1: plain python; more: horovodrun on this machine)
     ranks: int = 1
+    #: reuse a fold's finished training when its settings and data are unchanged since the last run
+    reuse: bool = True
 
 
 @dataclass

@@ -10,7 +10,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from cxrspark.evaluate.loso import LosoError, plan_folds
+from cxrspark.evaluate.loso import LosoError, plan_folds, shared_patient_records
 from cxrspark.train import data as tdata
 
 REPO = Path(__file__).resolve().parents[1]
@@ -22,6 +22,21 @@ def test_plan_folds_leaves_out_big_sources_and_says_why_others_are_not():
     assert plan_folds({"a": 100, "b": 60}, ["b"], 50) == (["b"], {})
     with pytest.raises(LosoError, match="does not have"):
         plan_folds({"a": 100, "b": 60}, ["zz"], 50)
+
+
+def test_shared_patient_records_are_those_whose_patient_group_is_also_in_another_source(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = [("a:1", "a", "g1"), ("a:2", "a", "g2"), ("a:3", "a", "g2"), ("b:1", "b", "g2"), ("b:2", "b", "g3"),
+            ("c:1", "c", "g4"), ("c:2", "c", "g3")]
+    for split, part in (("train", rows[:4]), ("test", rows[4:])):
+        (tmp_path / "curated" / split).mkdir(parents=True)
+        pq.write_table(pa.table({k: [r[i] for r in part] for i, k in enumerate(("record_id", "source", "split_group"))}),
+                       tmp_path / "curated" / split / "part-0.parquet")
+    assert shared_patient_records(tmp_path, "a") == {"a:2", "a:3"}
+    assert shared_patient_records(tmp_path, "b") == {"b:1", "b:2"}  # g2 with a (other split), g3 with c
+    assert shared_patient_records(tmp_path, "c") == {"c:2"}
 
 
 def test_source_filter_reads_only_the_kept_sources(sample_dataset):
@@ -46,14 +61,13 @@ def test_loso_job_trains_without_the_source_and_evaluates_on_it(sample_dataset, 
     from mlflow.tracking import MlflowClient
 
     db = f"sqlite:///{tmp_path}/mlflow.db"
-    proc = subprocess.run(
-        [sys.executable, str(REPO / "jobs/loso.py"), "--config", str(REPO / "conf/train.yaml"),
-         "--set", f"train.dataset={sample_dataset}", "--set", f"train.output={tmp_path / 'train'}",
-         "--set", f"train.mlflow.tracking_uri={db}", "--set", "loso.sources=[kermany]", "--set", "loso.ranks=2",
-         "--set", f"loso.output={tmp_path / 'loso'}", "--set", "train.epochs=1", "--set", "train.batch_size=4",
-         "--set", "train.schedule.warmup_epochs=0", "--set", "train.schedule.decay_epochs=[]",
-         "--set", "evaluate.bootstrap=50", "--set", "evaluate.gradcam_per_class=1"],
-        capture_output=True, text=True, timeout=600, cwd=REPO)
+    cmd = [sys.executable, str(REPO / "jobs/loso.py"), "--config", str(REPO / "conf/train.yaml"),
+           "--set", f"train.dataset={sample_dataset}", "--set", f"train.output={tmp_path / 'train'}",
+           "--set", f"train.mlflow.tracking_uri={db}", "--set", "loso.sources=[kermany]", "--set", "loso.ranks=2",
+           "--set", f"loso.output={tmp_path / 'loso'}", "--set", "train.epochs=1", "--set", "train.batch_size=4",
+           "--set", "train.schedule.warmup_epochs=0", "--set", "train.schedule.decay_epochs=[]",
+           "--set", "evaluate.bootstrap=50", "--set", "evaluate.gradcam_per_class=1"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=REPO)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     client = MlflowClient(db)
     exp = client.get_experiment_by_name("cxrspark-loso")
@@ -82,3 +96,14 @@ def test_loso_job_trains_without_the_source_and_evaluates_on_it(sample_dataset, 
     files = {a.path for a in client.list_artifacts(parent.info.run_id, "loso")}
     assert {"loso/table.json", "loso/LOSO.md", "loso/accuracy.png", "loso/config.yaml"} <= files
     assert parent.data.metrics["accuracy_without_kermany"] == pytest.approx(row["accuracy"])
+    assert row["excluded_shared_patients"] == 0 and not bool(row["reused_training"])
+
+    # the same settings again: the finished training is reused (no new training run), a new parent
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=REPO)
+    assert again.returncode == 0 and "reusing training run" in again.stdout, again.stdout[-3000:] + again.stderr[-3000:]
+    runs = client.search_runs([exp.experiment_id])
+    assert sum(r.info.run_name == "train without kermany" for r in runs) == 1
+    parents = sorted((r for r in runs if r.info.run_name == "leave-one-source-out"), key=lambda r: r.info.start_time)
+    second = table(parents[-1], "loso/table.json").set_index("left_out").loc["kermany"]
+    assert len(parents) == 2 and bool(second["reused_training"]) and second["train_run_id"] == train.info.run_id
+    assert client.get_run(train.info.run_id).data.tags["mlflow.parentRunId"] == parents[-1].info.run_id

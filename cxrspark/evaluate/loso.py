@@ -7,7 +7,12 @@ For each left-out source S:
    config plus ``train.exclude_sources=[S]``: S is out of the training AND the validation split (so
    early stopping does not select on it either); output ``<loso.output>/<S>``.
 2. evaluate: :func:`cxrspark.evaluate.run.run_evaluation` on ALL curated images of S (every split:
-   the model never saw any of them), with patient-bootstrap CIs.
+   the model never saw any of them), with patient-bootstrap CIs - except images of patients that
+   also have images in another source (linked patient keys or duplicate images: the same
+   ``split_group``), which the model did see; how many is in the table.
+
+A fold whose training settings and data are unchanged since a finished earlier run of the runner
+reuses that training run (``loso.reuse``; its MLflow run is moved under the new parent).
 
 One parent MLflow run (experiment ``loso.experiment``) holds the table (one row per source:
 accuracy and macro F1 with CIs, macro AUC, per-class recall, ECE, the same model's accuracy on the
@@ -17,6 +22,7 @@ row with its reason; the others still run.
 """
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -50,6 +56,29 @@ def plan_folds(counts: dict[str, int], wanted: list[str], min_images: int) -> tu
     if len(counts) < 2:
         raise LosoError(f"leave-one-source-out needs at least two sources; the dataset has {sorted(counts)}")
     return folds, skipped
+
+
+def shared_patient_records(dataset: Path, source: str) -> set[str]:
+    """Record ids of ``source`` whose patient group (``split_group``: patients linked by key or by
+    duplicate images) also has images in another source: a model trained on the other sources has
+    seen those patients, so they are not evidence about an unseen collection."""
+    import pyarrow.dataset as ds
+
+    t = ds.dataset(str(dataset / "curated"), format="parquet", partitioning=None).to_table(
+        columns=["record_id", "source", "split_group"]).to_pandas()
+    elsewhere = set(t.loc[t["source"] != source, "split_group"])
+    mine = t[t["source"] == source]
+    return set(mine.loc[mine["split_group"].isin(elsewhere), "record_id"])
+
+
+def fold_key(fold_cfg: Config, dataset_hash: str) -> str:
+    """What a fold's training depends on: the training settings (not where runs are logged) and the data."""
+    import hashlib
+    import json
+
+    train = to_dict(fold_cfg.train)
+    train.pop("mlflow")
+    return hashlib.sha256(json.dumps([train, dataset_hash], sort_keys=True, default=str).encode()).hexdigest()
 
 
 def train_command(config_file: Path, ranks: int, overrides: list[str]) -> list[str]:
@@ -131,25 +160,42 @@ def run_loso(cfg: Config, log: Callable[[str], None] = print) -> dict[str, Any]:
         fold_out = out / source
         train_info = tdata.load_dataset_info(dataset, exclude_sources=[source])
         missing = [c for c in info.classes if train_info.counts[cfg.train.train_split][c] == 0]
-        cmd = train_command(config_file, lc.ranks, [f"train.exclude_sources=[{source}]", f"train.output={fold_out}",
-                                                    f"train.mlflow.run_name=train without {source}"])
-        log(f"[{source}] training on the other sources: {' '.join(cmd[-8:])}")
-        proc = subprocess.run(cmd, cwd=REPO, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
-        state = read_state(fold_out / "checkpoints")
-        train_run = state.get("mlflow_run_id") if state else None
-        model_uri = logged_model(train_run) if proc.returncode == 0 and train_run else None
-        if model_uri is None:
-            rows.append({"left_out": source, "status": f"training failed (exit {proc.returncode})",
-                         "classes_missing_in_training": ",".join(missing)})
-            log(f"[{source}] training failed with exit code {proc.returncode}")
-            continue
+        overrides = [f"train.exclude_sources=[{source}]", f"train.output={fold_out}",
+                     f"train.mlflow.run_name=train without {source}"]
+        key = fold_key(config_from_dict({**base, "train": {**base["train"], "exclude_sources": [source],
+                                                           "output": str(fold_out)}}), info.dataset_hash)
+        marker = fold_out / "loso_fold.json"
+        done = json.loads(marker.read_text()) if marker.is_file() else {}
+        train_run = done.get("train_run_id") if lc.reuse and done.get("key") == key else None
+        model_uri = logged_model(train_run) if train_run else None
+        reused = model_uri is not None
+        if reused:
+            client.set_tag(train_run, "mlflow.parentRunId", parent_id)
+            log(f"[{source}] reusing training run {train_run} (same settings and data)")
+        else:
+            cmd = train_command(config_file, lc.ranks, overrides)
+            log(f"[{source}] training on the other sources: {' '.join(cmd[-8:])}")
+            proc = subprocess.run(cmd, cwd=REPO, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+            state = read_state(fold_out / "checkpoints")
+            train_run = state.get("mlflow_run_id") if state else None
+            model_uri = logged_model(train_run) if proc.returncode == 0 and train_run else None
+            if model_uri is None:
+                rows.append({"left_out": source, "status": f"training failed (exit {proc.returncode})",
+                             "classes_missing_in_training": ",".join(missing)})
+                log(f"[{source}] training failed with exit code {proc.returncode}")
+                continue
+            marker.write_text(json.dumps({"key": key, "train_run_id": train_run}))
+        shared = shared_patient_records(dataset, source)
         ev_cfg = config_from_dict({**base, "evaluate": {**base["evaluate"], "model": model_uri, "split": "all",
                                                         "sources": [source], "probe_splits": [],
                                                         "experiment": lc.experiment, "dataset": str(dataset)}})
-        ev = run_evaluation(ev_cfg, parent_run_id=parent_id, run_name=f"evaluate on {source}")
+        ev = run_evaluation(ev_cfg, parent_run_id=parent_id, run_name=f"evaluate on {source}",
+                            exclude_records=shared,
+                            exclude_reason="their patients also have images in the training sources")
         seen = client.get_run(train_run).data.metrics.get(f"final_{cfg.train.test_split}_accuracy")
         row = fold_row(source, ev, info.classes, missing, seen)
-        row.update(train_run_id=train_run, eval_run_id=ev["run_id"], minutes=round((time.time() - started) / 60, 1))
+        row.update(excluded_shared_patients=ev["excluded"], train_run_id=train_run, eval_run_id=ev["run_id"],
+                   reused_training=reused, minutes=round((time.time() - started) / 60, 1))
         rows.append(row)
         log(f"[{source}] {row['images']} images of {row['patients']} patients: accuracy {row['accuracy']:.3f} "
             f"[{row['accuracy_low']:.3f}, {row['accuracy_high']:.3f}] (on the seen sources' test split: "

@@ -131,6 +131,7 @@ def model_card(ctx: dict[str, Any]) -> str:
         f"- Evaluated on: `{ctx['dataset']}` (dataset hash `{ctx['dataset_hash'][:12]}`), split `{ctx['split']}`:",
         f"  {ctx['n_images']} images of {ctx['n_patients']} patients"
         + (f" of source(s) {', '.join(ctx['sources'])} only." if ctx.get("sources") is not None else "."),
+        *([f"  {ctx['excluded']} images left out: {ctx['exclude_reason']}."] if ctx.get("excluded") else []),
         "",
         "## Data: images per source, class and split (the ingest's curated table)",
         "",
@@ -212,12 +213,13 @@ def loso_figure(table: pd.DataFrame):
 def loso_markdown(table: pd.DataFrame, classes: list[str], skipped: dict[str, str], model: str) -> str:
     lines = [f"# Leave-one-source-out: {model}", "",
              "Each row: a model trained (and early-stopped) on every other source, evaluated on ALL images of the",
-             "left-out source, which it never saw. Intervals: 95% patient bootstrap. `seen_sources_test_accuracy`:",
+             "left-out source, which it never saw, except `excluded_shared_patients`: images of patients who also",
+             "have images in another source. Intervals: 95% patient bootstrap. `seen_sources_test_accuracy`:",
              "the same model on the test split of the sources it trained on. A large gap means the model does not",
              "carry over to a new collection; `classes_missing_in_training` are classes of the left-out source",
              "that no other source has (the model cannot predict them).", ""]
     if len(table):
-        cols = ["left_out", "status", "images", "patients", "accuracy", "accuracy_low", "accuracy_high", "macro_f1",
+        cols = ["left_out", "status", "images", "patients", "excluded_shared_patients", "accuracy", "accuracy_low", "accuracy_high", "macro_f1",
                 "macro_auc", "ece", "seen_sources_test_accuracy",
                 *[f"recall_{c}" for c in classes], "classes_missing_in_training"]
         lines += [markdown_table(table[[c for c in cols if c in table.columns]]), ""]

@@ -98,8 +98,11 @@ def gradcam_samples(y: np.ndarray, pred: np.ndarray, per_class: int, n_classes: 
     return picks
 
 
-def run_evaluation(cfg: Config, *, parent_run_id: str | None = None, run_name: str | None = None) -> dict[str, Any]:
-    """Evaluate ``cfg.evaluate.model`` and log one MLflow run (a child of ``parent_run_id`` if given)."""
+def run_evaluation(cfg: Config, *, parent_run_id: str | None = None, run_name: str | None = None,
+                   exclude_records: set[str] | None = None, exclude_reason: str = "") -> dict[str, Any]:
+    """Evaluate ``cfg.evaluate.model`` and log one MLflow run (a child of ``parent_run_id`` if given).
+    ``exclude_records`` are left out of every number (e.g. images of patients the model trained on);
+    how many, and ``exclude_reason``, are recorded."""
     import matplotlib.pyplot as plt
     import mlflow
 
@@ -127,6 +130,13 @@ def run_evaluation(cfg: Config, *, parent_run_id: str | None = None, run_name: s
     model = load_model(model_uri)
     classes = info.classes
     p = predict(model, info, splits, ev.batch_size, features=True)
+    excluded = 0
+    if exclude_records:
+        keep = ~np.isin(p["record_id"].astype(str), list(exclude_records))
+        excluded = int((~keep).sum())
+        p = {k: v[keep] for k, v in p.items()}
+        if not len(p["record_id"]):
+            raise EvaluationError(f"no images left after excluding {excluded} ({exclude_reason})")
     y, probs = p["label_index"], p["probs"]
     pred = probs.argmax(1)
     cm = confusion_matrix(y, pred, len(classes))
@@ -166,7 +176,9 @@ def run_evaluation(cfg: Config, *, parent_run_id: str | None = None, run_name: s
                          "evaluated.sources": ",".join(info.sources) if info.sources is not None else "all"})
         tracking.log_params({"model": model_uri, "train_run_id": train_run, "dataset": str(info.root),
                              "dataset_hash": info.dataset_hash, "split": name, "images": len(y),
-                             "patients": boot.n_patients, **{f"evaluate.{k}": v for k, v in to_dict(ev).items()}})
+                             "patients": boot.n_patients, "excluded_images": excluded,
+                             "excluded_because": exclude_reason if excluded else None,
+                             **{f"evaluate.{k}": v for k, v in to_dict(ev).items()}})
         tracking.log_classification(name, cm, point, classes)
         mlflow.log_table(boot.table, artifact_file=f"eval/{name}_per_class_ci.json")
         mlflow.log_table(by_source, artifact_file=f"eval/{name}_per_source.json")
@@ -208,7 +220,8 @@ def run_evaluation(cfg: Config, *, parent_run_id: str | None = None, run_name: s
             "model_name": Path(model_uri).name if not model_uri.startswith(("runs:", "models:")) else model_uri,
             "model_uri": model_uri, "train_run_id": train_run, "dataset": str(info.root),
             "dataset_hash": info.dataset_hash, "split": name, "n_images": len(y),
-            "sources": info.sources, "n_patients": boot.n_patients, "data_table": data_table,
+            "sources": info.sources, "n_patients": boot.n_patients, "excluded": excluded,
+            "exclude_reason": exclude_reason, "data_table": data_table,
             "ci_table": boot.table, "classes": classes,
             "level": ev.level, "n_boot": ev.bootstrap, "point_table": point, "per_source": by_source,
             "bins": ev.calibration_bins, "ece": ece, "lung_mass": lung_mass, "probe": probe,
@@ -217,4 +230,5 @@ def run_evaluation(cfg: Config, *, parent_run_id: str | None = None, run_name: s
         run_id = run.info.run_id
     return {"run_id": run_id, "tracking_uri": uri, "model": model_uri, "train_run_id": train_run,
             "confusion": cm, "table": point, "ci": boot.table, "ece": ece, "per_source": by_source,
-            "lung_mass": lung_mass, "probe": probe, "card": card, "n": len(y), "patients": boot.n_patients}
+            "lung_mass": lung_mass, "probe": probe, "card": card, "n": len(y), "patients": boot.n_patients,
+            "excluded": excluded}
