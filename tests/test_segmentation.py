@@ -306,14 +306,18 @@ def test_segment_udf_loads_the_model_once_per_python_worker(spark, tmp_path):
         workers = {(r["pid"], r["loads"]) for r in out.select(probe("i").alias("p")).select("p.*").collect()}
     finally:
         spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", previous)
-    assert len({pid for pid, _ in workers}) <= 2  # local[2]: 8 tasks ran in reused workers
+    assert len({pid for pid, _ in workers}) < 8  # 8 tasks ran in reused Python workers
     assert {loads for _, loads in workers} == {1}  # ... each of which built the model once
     got = out.orderBy("i").collect()
     assert all(r["lung_mask"] is not None and r["lung_mask_ok"] is not None for r in got)
-    for r in got[:8]:  # lung_masked: zero outside the stored mask
+    for r in got[:8]:  # lung_masked: zero outside the stored mask (an empty mask keeps the full image)
         mask = M.decode_mask(r["lung_mask"])
         image = np.frombuffer(r["image"], np.uint8).reshape(48, 48)
-        assert mask.shape == (48, 48) and not image[mask == 0].any()
+        assert mask.shape == (48, 48)
+        if mask.any():
+            assert not image[mask == 0].any()
+        else:
+            assert image.tobytes() == rows[r["i"]][1] and not r["lung_mask_ok"]
 
 
 def test_ingest_with_unet_fills_the_lung_columns(spark, tmp_path):

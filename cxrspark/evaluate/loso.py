@@ -120,10 +120,7 @@ def run_loso(cfg: Config, log: Callable[[str], None] = print) -> dict[str, Any]:
 
     from cxrspark import tracking
     from cxrspark.evaluate import report
-    from cxrspark.evaluate.run import run_evaluation
-    from cxrspark.modelref import logged_model
     from cxrspark.train import data as tdata
-    from cxrspark.train.loop import read_state
 
     lc = cfg.loso
     dataset = Path(cfg.train.dataset).resolve()
@@ -154,6 +151,35 @@ def run_loso(cfg: Config, log: Callable[[str], None] = print) -> dict[str, Any]:
         client.log_param(parent_id, k, str(v))
     log(f"leave-one-source-out over {folds} (skipped: {skipped or 'none'}); parent run {parent_id} at {uri}")
 
+    try:
+        rows = _run_folds(cfg, folds, info, dataset, out, base, config_file, parent_id, client, log)
+    except BaseException:
+        client.set_terminated(parent_id, "KILLED" if isinstance(sys.exc_info()[1], KeyboardInterrupt) else "FAILED")
+        raise
+    table = pd.DataFrame(rows)
+    client.log_table(parent_id, table, artifact_file="loso/table.json")
+    client.log_text(parent_id, report.loso_markdown(table, info.classes, skipped, cfg.train.model), "loso/LOSO.md")
+    ok = table[table["status"] == "ok"] if len(table) else table
+    if len(ok):
+        fig = report.loso_figure(ok)
+        client.log_figure(parent_id, fig, "loso/accuracy.png")
+        plt.close(fig)
+        for r in ok.itertuples():
+            client.log_metric(parent_id, f"accuracy_without_{r.left_out}", r.accuracy)
+    failed = len(table) - len(ok)
+    client.set_terminated(parent_id, "FINISHED" if not failed else "FAILED")
+    return {"parent_run_id": parent_id, "tracking_uri": uri, "table": table, "skipped": skipped, "failed": failed}
+
+
+def _run_folds(cfg: Config, folds: list[str], info, dataset: Path, out: Path, base: dict[str, Any],
+               config_file: Path, parent_id: str, client, log: Callable[[str], None]) -> list[dict[str, Any]]:
+    """Train and evaluate every fold; one row each."""
+    from cxrspark.evaluate.run import EvaluationError, run_evaluation
+    from cxrspark.modelref import logged_model
+    from cxrspark.train import data as tdata
+    from cxrspark.train.loop import read_state
+
+    lc = cfg.loso
     rows: list[dict[str, Any]] = []
     for source in folds:
         started = time.time()
@@ -189,9 +215,15 @@ def run_loso(cfg: Config, log: Callable[[str], None] = print) -> dict[str, Any]:
         ev_cfg = config_from_dict({**base, "evaluate": {**base["evaluate"], "model": model_uri, "split": "all",
                                                         "sources": [source], "probe_splits": [],
                                                         "experiment": lc.experiment, "dataset": str(dataset)}})
-        ev = run_evaluation(ev_cfg, parent_run_id=parent_id, run_name=f"evaluate on {source}",
-                            exclude_records=shared,
-                            exclude_reason="their patients also have images in the training sources")
+        try:
+            ev = run_evaluation(ev_cfg, parent_run_id=parent_id, run_name=f"evaluate on {source}",
+                                exclude_records=shared,
+                                exclude_reason="their patients also have images in the training sources")
+        except EvaluationError as exc:
+            rows.append({"left_out": source, "status": f"not evaluated: {exc}", "train_run_id": train_run,
+                         "excluded_shared_patients": len(shared), "classes_missing_in_training": ",".join(missing)})
+            log(f"[{source}] not evaluated: {exc}")
+            continue
         seen = client.get_run(train_run).data.metrics.get(f"final_{cfg.train.test_split}_accuracy")
         row = fold_row(source, ev, info.classes, missing, seen)
         row.update(excluded_shared_patients=ev["excluded"], train_run_id=train_run, eval_run_id=ev["run_id"],
@@ -201,16 +233,4 @@ def run_loso(cfg: Config, log: Callable[[str], None] = print) -> dict[str, Any]:
             f"[{row['accuracy_low']:.3f}, {row['accuracy_high']:.3f}] (on the seen sources' test split: "
             f"{row['seen_sources_test_accuracy']:.3f})")
 
-    table = pd.DataFrame(rows)
-    client.log_table(parent_id, table, artifact_file="loso/table.json")
-    client.log_text(parent_id, report.loso_markdown(table, info.classes, skipped, cfg.train.model), "loso/LOSO.md")
-    ok = table[table["status"] == "ok"] if len(table) else table
-    if len(ok):
-        fig = report.loso_figure(ok)
-        client.log_figure(parent_id, fig, "loso/accuracy.png")
-        plt.close(fig)
-        for r in ok.itertuples():
-            client.log_metric(parent_id, f"accuracy_without_{r.left_out}", r.accuracy)
-    failed = len(table) - len(ok)
-    client.set_terminated(parent_id, "FINISHED" if not failed else "FAILED")
-    return {"parent_run_id": parent_id, "tracking_uri": uri, "table": table, "skipped": skipped, "failed": failed}
+    return rows
