@@ -93,6 +93,8 @@ class IngestConfig:
     keep_unknown_view: bool = True
     #: decompression-bomb guard: images with more pixels than this are quarantined
     max_pixels: int = 50_000_000
+    #: images with a side shorter than this (px, from the header) are quarantined as too_small
+    min_side: int = 64
     #: files larger than this (MiB) are quarantined without being decoded
     max_file_mb: int = 64
     #: use Pillow's JPEG draft mode (DCT scaling) when shrinking a lot
@@ -522,6 +524,8 @@ def _validate(cfg: Config) -> None:
     ing = cfg.ingest
     if not 16 <= ing.image_size <= 2048:
         raise ConfigError(f"'ingest.image_size' must be between 16 and 2048, not {ing.image_size}")
+    if ing.min_side < 1:
+        raise ConfigError(f"'ingest.min_side' must be at least 1, not {ing.min_side}")
     if not 0 <= ing.dedup.phash_threshold <= 20:
         raise ConfigError("'ingest.dedup.phash_threshold' must be between 0 and 20")
     if not -1.0 <= ing.dedup.min_correlation <= 1.0:

@@ -261,6 +261,18 @@ def test_decompression_bomb_is_caught_from_the_header():
     assert decode_image(encode(Image.new("L", (50, 50)), "PNG"), max_pixels=2500).pixels.shape == (50, 50)
 
 
+def test_too_small_is_caught_from_the_header():
+    assert reason_of(encode(Image.new("L", (1, 1)), "PNG"), min_side=64) == "too_small"
+    assert reason_of(encode(Image.new("L", (300, 40)), "PNG"), min_side=64) == "too_small"
+    assert reason_of(png_with_header_only(63, 500), min_side=64) == "too_small"  # decoding it would fail
+    assert reason_of(dicom_bytes(RAMP), min_side=64) == "too_small"  # 12 rows
+    assert decode_image(encode(Image.new("L", (64, 64)), "PNG"), min_side=64).pixels.shape == (64, 64)
+    assert decode_image(encode(Image.new("L", (1, 1)), "PNG")).pixels.shape == (1, 1)  # no limit by default
+    with pytest.raises(DecodeError) as info:
+        prepare(encode(Image.new("L", (8, 8)), "PNG"), size=64, min_side=64)
+    assert info.value.reason == "too_small" and "8x8" in info.value.detail
+
+
 def test_unsupported_pillow_mode():
     assert reason_of(encode(Image.new("LAB", (8, 8)), "TIFF")) == "unsupported_image"
 

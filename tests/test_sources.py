@@ -1,6 +1,7 @@
 """Source adapters: the real snapshot (skipped when absent) and small generated layouts (no Spark)."""
 from __future__ import annotations
 
+import os
 import re
 from collections import Counter
 from pathlib import Path
@@ -156,6 +157,37 @@ def test_symlink_out_of_the_root_is_refused(tmp_path):
     recs = {Path(r.source_path).name: r for r in read("darkcovidnet", tmp_path / "dk")}
     assert recs["inside.png"].error is None
     assert recs["link.png"].error.startswith("path_outside_root:") and recs["link.png"].path is None
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs named pipes")
+def test_symlinks_in_a_class_folder_never_vanish(tmp_path):
+    pipe = tmp_path / "outside" / "pipe.png"
+    pipe.parent.mkdir()
+    os.mkfifo(pipe)
+    folder = tmp_path / "k" / "train" / "NORMAL"
+    write(folder / "IM-0001-0001.jpeg", encode(picture(1), "jpeg-L"))
+    (folder / "IM-0002-0001.jpeg").symlink_to(pipe)  # not a regular file, outside the root
+    (folder / "IM-0003-0001.jpeg").symlink_to(folder / "gone.jpeg")  # dangling
+    recs = read("kermany", tmp_path / "k")
+    check_contract(recs)
+    assert {Path(r.source_path).name: r.error and r.error.split(":")[0] for r in recs} == {
+        "IM-0001-0001.jpeg": None, "IM-0002-0001.jpeg": "path_outside_root", "IM-0003-0001.jpeg": "missing_file"}
+
+
+@pytest.mark.parametrize("kind, metadata, header, missing", [
+    ("cohen", "metadata.csv", "patientid,view,modality,folder,filename", ["finding"]),
+    ("figure1", "metadata.csv", "offset,finding,view", ["patientid"]),
+    ("actualmed", "metadata.csv", "patientid,finding,view", ["imagename"]),
+    ("mhh", "data.csv", "patient_id,sex,projection", ["image_id"]),
+    ("rsna", "stage_2_train_labels.csv", "patientId,x,y,width,height", ["Target"]),
+])
+def test_a_missing_required_column_quarantines_every_row(tmp_path, kind, metadata, header, missing):
+    n = len(header.split(","))
+    write(tmp_path / metadata, header + "\n" + ",".join(["1"] * n) + "\n" + ",".join(["2"] * n) + "\n")
+    recs = read(kind, tmp_path)
+    check_contract(recs)
+    assert [r.error for r in recs] == [f"missing_column: {metadata} has no column(s) {missing}"] * 2
+    assert [r.record_id for r in recs] == [f"{kind}:L2", f"{kind}:L3"]
 
 
 # ---- figure1 / actualmed -----------------------------------------------------------------------------------

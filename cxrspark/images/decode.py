@@ -1,10 +1,11 @@
 """Decode image bytes (JPEG, PNG, other Pillow formats, DICOM) into upright 2-D greyscale uint8 pixels.
 
 The format is detected from the content, never from a file name. Every failure is a `DecodeError` with a
-short `reason` code (empty_file, not_an_image, corrupt_image, decompression_bomb, unsupported_image,
-dicom_error) so the pipeline can quarantine bad files by reason. Image size is checked from the header
-before any pixels are decoded, and truncated files are rejected (Pillow's LOAD_TRUNCATED_IMAGES is left
-False).
+short `reason` code (empty_file, not_an_image, corrupt_image, decompression_bomb, too_small,
+unsupported_image, dicom_error) so the pipeline can quarantine bad files by reason. Image size is checked
+from the header before any pixels are decoded (more than `max_pixels` pixels: decompression_bomb; a side
+shorter than `min_side`: too_small, e.g. a 1x1 tracking pixel or icon), and truncated files are rejected
+(Pillow's LOAD_TRUNCATED_IMAGES is left False).
 """
 from __future__ import annotations
 
@@ -55,8 +56,11 @@ class Decoded:
     orig_width: int
 
 
-def decode_image(data: bytes, *, max_pixels: int = 50_000_000, draft_size: int | None = None) -> Decoded:
+def decode_image(data: bytes, *, max_pixels: int = 50_000_000, min_side: int = 1,
+                 draft_size: int | None = None) -> Decoded:
     """Decode `data` to an upright 2-D uint8 greyscale image.
+
+    The header's size must have at most `max_pixels` pixels and both sides at least `min_side` pixels.
 
     `draft_size` lets a JPEG decode at a reduced DCT scale that is still at least draft_size x draft_size
     (about 2x faster when shrinking a lot). `orig_height`/`orig_width` are the full-resolution upright size
@@ -65,16 +69,19 @@ def decode_image(data: bytes, *, max_pixels: int = 50_000_000, draft_size: int |
     if not data:
         raise DecodeError("empty_file", "0 bytes")
     if data[DICOM_MAGIC_OFFSET:DICOM_MAGIC_OFFSET + len(DICOM_MAGIC)] == DICOM_MAGIC:
-        return _decode_dicom(data, max_pixels)
-    return _decode_pillow(data, max_pixels, draft_size)
+        return _decode_dicom(data, max_pixels, min_side)
+    return _decode_pillow(data, max_pixels, min_side, draft_size)
 
 
-def _check_pixels(height: int, width: int, max_pixels: int) -> None:
+def _check_size(height: int, width: int, max_pixels: int, min_side: int) -> None:
+    """The header's size against the limits, before any pixel is decoded."""
     if height * width > max_pixels:
         raise DecodeError("decompression_bomb", f"{width}x{height} exceeds max_pixels={max_pixels}")
+    if min(height, width) < min_side:
+        raise DecodeError("too_small", f"{width}x{height} has a side below min_side={min_side}")
 
 
-def _decode_pillow(data: bytes, max_pixels: int, draft_size: int | None) -> Decoded:
+def _decode_pillow(data: bytes, max_pixels: int, min_side: int, draft_size: int | None) -> Decoded:
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         try:
@@ -87,7 +94,7 @@ def _decode_pillow(data: bytes, max_pixels: int, draft_size: int | None) -> Deco
             raise DecodeError("corrupt_image", f"{type(exc).__name__}: {exc}") from exc
         fmt, mode = img.format or "UNKNOWN", img.mode
         width, height = img.size
-        _check_pixels(height, width, max_pixels)
+        _check_size(height, width, max_pixels, min_side)
         if draft_size is not None and isinstance(img, JpegImagePlugin.JpegImageFile):
             img.draft(img.mode if img.mode in ("L", "RGB") else "RGB", (draft_size, draft_size))
         try:
@@ -129,7 +136,7 @@ def _minmax_uint8(arr: np.ndarray) -> np.ndarray:
     return np.rint((arr - lo) * (255.0 / (hi - lo))).astype(np.uint8)
 
 
-def _decode_dicom(data: bytes, max_pixels: int) -> Decoded:
+def _decode_dicom(data: bytes, max_pixels: int, min_side: int) -> Decoded:
     try:
         ds = pydicom.dcmread(io.BytesIO(data))
     except Exception as exc:
@@ -140,7 +147,7 @@ def _decode_dicom(data: bytes, max_pixels: int) -> Decoded:
     rows, cols = int(ds.get("Rows", 0)), int(ds.get("Columns", 0))
     if rows <= 0 or cols <= 0:
         raise DecodeError("dicom_error", f"invalid Rows/Columns {rows}x{cols}")
-    _check_pixels(rows, cols, max_pixels)
+    _check_size(rows, cols, max_pixels, min_side)
     if photometric not in ("MONOCHROME1", "MONOCHROME2") + _DICOM_COLOUR:
         raise DecodeError("unsupported_image", f"unsupported PhotometricInterpretation {photometric!r}")
     try:

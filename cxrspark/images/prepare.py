@@ -29,13 +29,14 @@ class Prepared:
 
 
 def prepare(data: bytes, *, size: int, resize_mode: str = "pad", contrast: str = "none",
-            max_pixels: int = 50_000_000, jpeg_draft: bool = True) -> Prepared:
+            max_pixels: int = 50_000_000, min_side: int = 1, jpeg_draft: bool = True) -> Prepared:
     """Decode, hash, apply contrast and resize one image; raises DecodeError as `decode_image` does.
 
     With `jpeg_draft`, JPEGs are decoded at a DCT scale of at least 2*size per side (fast, and still
     enough resolution for the final resize); the hashes then describe those drafted pixels.
     """
-    decoded = decode_image(data, max_pixels=max_pixels, draft_size=2 * size if jpeg_draft else None)
+    decoded = decode_image(data, max_pixels=max_pixels, min_side=min_side,
+                           draft_size=2 * size if jpeg_draft else None)
     pixels = decoded.pixels
     return Prepared(
         image=resize(apply_contrast(pixels, contrast), size, resize_mode),

@@ -78,8 +78,8 @@ def metadata_outcome(cfg: Config) -> tuple[Column, Column]:
 def decode(spark: SparkSession, df: DataFrame, cfg: Config) -> DataFrame:
     ing = cfg.ingest
     udf = make_prepare_udf(size=ing.image_size, resize_mode=ing.resize_mode, contrast=ing.contrast,
-                           max_pixels=ing.max_pixels, max_file_bytes=ing.max_file_mb * 2**20,
-                           jpeg_draft=ing.jpeg_draft)
+                           max_pixels=ing.max_pixels, min_side=ing.min_side,
+                           max_file_bytes=ing.max_file_mb * 2**20, jpeg_draft=ing.jpeg_draft)
     # enough tasks to keep every core busy; the decode cost per row dwarfs the task overhead
     parts = spark.sparkContext.defaultParallelism * 4
     return (df.repartition(parts, "record_id")

@@ -14,7 +14,7 @@ import io
 import os
 import re
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -116,16 +116,33 @@ class SourceAdapter(ABC):
                             patient_key=linked_patient_key or self.key(patient_id), error=error, **fields)
 
     def list_images(self, folder: Path) -> list[Path]:
-        """Image files under ``folder``, recursively, in a stable (sorted) order."""
-        out = [p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
+        """Image files under ``folder``, recursively, in a stable (sorted) order.
+
+        Symlinks with an image suffix are listed whatever they point to (outside the root, nowhere,
+        a pipe): :meth:`resolve` then refuses them with a reason instead of letting them vanish.
+        """
+        out = [p for p in folder.rglob("*")
+               if (p.is_file() or p.is_symlink()) and p.suffix.lower() in IMAGE_SUFFIXES]
         return sorted(out, key=lambda p: p.relative_to(self.root).as_posix())
 
-    def read_csv(self, filename: str, encoding: str = "utf-8") -> Iterator[tuple[int, dict | None, str | None]]:
+    def read_csv(self, filename: str, encoding: str = "utf-8", required_columns: Iterable[str] = ()
+                 ) -> Iterator[tuple[int, dict | None, str | None]]:
         """Yield (line_number, row dict or None, error) for each data row of a metadata CSV.
 
         A row whose bytes are not valid in ``encoding`` or whose field count differs from the
-        header is yielded with an error instead of stopping the whole file.
+        header is yielded with an error instead of stopping the whole file. When the header lacks
+        one of ``required_columns`` (the columns the adapter cannot work without), every data row is
+        yielded with a ``missing_column`` error, so each is quarantined and counted.
         """
+        rows = self._csv_rows(filename, encoding)
+        header = next(rows)
+        missing = [c for c in required_columns if c not in header]
+        error = f"missing_column: {filename} has no column(s) {missing}" if missing else None
+        for lineno, row, row_error in rows:
+            yield (lineno, None, error) if error else (lineno, row, row_error)
+
+    def _csv_rows(self, filename: str, encoding: str) -> Iterator[Any]:
+        """The header (a list of names), then read_csv's (line_number, row, error) tuples."""
         path = self.root / filename
         if not path.is_file():
             raise SourceError(f"source {self.name!r}: metadata file {path} does not exist")
@@ -140,6 +157,7 @@ class SourceAdapter(ABC):
         if not text_lines or text_lines[0][1] is None:
             raise SourceError(f"source {self.name!r}: cannot read the header of {path} as {encoding}")
         header = next(csv.reader([text_lines[0][1].lstrip("\ufeff")]))
+        yield header
         pending: list[str] = []
         start = 0
         for lineno, text, err in text_lines[1:]:

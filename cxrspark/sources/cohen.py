@@ -28,7 +28,8 @@ class CohenAdapter(SourceAdapter):
     def records(self) -> Iterator[SourceRecord]:
         self.check_root()
         metadata = self.options["metadata"]
-        for lineno, row, error in self.read_csv(metadata, self.options["encoding"]):
+        # without a file name or a finding column no row can be used: each becomes a missing_column row
+        for lineno, row, error in self.read_csv(metadata, self.options["encoding"], ("filename", "finding")):
             if row is None:
                 yield unreadable_row(self, lineno, error or "malformed_row: unreadable", metadata)
                 continue

@@ -65,10 +65,14 @@ class InitiativeAdapter(SourceAdapter):
                 return stem + ext, None, error
         return stem + IMAGE_EXTENSIONS[0], None, f"missing_file: no {stem}.jpg/.jpeg/.png"
 
+    def required_columns(self) -> tuple[str, ...]:
+        """The columns naming the image (the image column, else patientid) and the finding."""
+        return (self.options["image_column"] or "patientid", "finding")
+
     def records(self) -> Iterator[SourceRecord]:
         self.check_root()
         metadata = self.options["metadata"]
-        for lineno, row, error in self.read_csv(metadata, self.options["encoding"]):
+        for lineno, row, error in self.read_csv(metadata, self.options["encoding"], self.required_columns()):
             if row is None:
                 yield unreadable_row(self, lineno, error or "malformed_row: unreadable", metadata)
                 continue

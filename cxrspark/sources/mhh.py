@@ -29,7 +29,7 @@ class MhhAdapter(SourceAdapter):
     def records(self) -> Iterator[SourceRecord]:
         self.check_root()
         metadata = self.options["metadata"]
-        for lineno, row, error in self.read_csv(metadata, self.options["encoding"]):
+        for lineno, row, error in self.read_csv(metadata, self.options["encoding"], ("image_id",)):
             if row is None:
                 yield unreadable_row(self, lineno, error or "malformed_row: unreadable", metadata)
                 continue

@@ -77,7 +77,7 @@ class RsnaAdapter(SourceAdapter):
         # entries in order of first appearance: ("bad", record) or ("patient", patientId)
         order: list[tuple[str, Any]] = []
         patients: dict[str, dict[str, Any]] = {}
-        for lineno, row, error in self.read_csv(labels, self.options["encoding"]):
+        for lineno, row, error in self.read_csv(labels, self.options["encoding"], ("patientId", "Target")):
             if row is None:
                 order.append(("bad", unreadable_row(self, lineno, error or "malformed_row: unreadable", labels)))
                 continue

@@ -21,7 +21,7 @@ from cxrspark.schema import DECODED_DDL, PREDICTED_DDL, SEGMENTED_DDL
 
 
 def prepare_one(path: str, *, size: int, resize_mode: str, contrast: str, max_pixels: int,
-                max_file_bytes: int, jpeg_draft: bool) -> dict:
+                max_file_bytes: int, jpeg_draft: bool, min_side: int = 1) -> dict:
     """Read one file and prepare it; every failure becomes a decode_error (never an exception)."""
     from cxrspark.images import DecodeError, prepare
 
@@ -39,7 +39,7 @@ def prepare_one(path: str, *, size: int, resize_mode: str, contrast: str, max_pi
         return {**empty, "decode_error": f"unreadable_file: {exc}"}
     try:
         p = prepare(data, size=size, resize_mode=resize_mode, contrast=contrast,
-                    max_pixels=max_pixels, jpeg_draft=jpeg_draft)
+                    max_pixels=max_pixels, min_side=min_side, jpeg_draft=jpeg_draft)
     except DecodeError as exc:
         return {**empty, "decode_error": str(exc)}
     except Exception as exc:  # an unexpected decoder failure is still a per-row outcome
@@ -53,10 +53,10 @@ def prepare_one(path: str, *, size: int, resize_mode: str, contrast: str, max_pi
 
 
 def make_prepare_udf(*, size: int, resize_mode: str, contrast: str, max_pixels: int,
-                     max_file_bytes: int, jpeg_draft: bool):
+                     max_file_bytes: int, jpeg_draft: bool, min_side: int = 1):
     """A pandas UDF: path column -> struct of DECODED_DDL."""
     opts = dict(size=size, resize_mode=resize_mode, contrast=contrast, max_pixels=max_pixels,
-                max_file_bytes=max_file_bytes, jpeg_draft=jpeg_draft)
+                max_file_bytes=max_file_bytes, jpeg_draft=jpeg_draft, min_side=min_side)
 
     @pandas_udf(DECODED_DDL)
     def prepare_images(paths: pd.Series) -> pd.DataFrame:
