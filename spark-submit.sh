@@ -10,7 +10,9 @@
 # Local mode uses .venv directly. Any other master gets the environment shipped the way Spark
 # documents it for Python packages: .venv packed with venv-pack into dist/cxrspark-env.tar.gz, sent with
 # --archives ...#environment, executors run ./environment/bin/python; the cxrspark package itself goes
-# as dist/cxrspark.zip via --py-files. The pack is rebuilt only when pyproject.toml changed.
+# as dist/cxrspark.zip via --py-files. The pack leaves out pyspark's jars (executors run on their own
+# Spark installation; the Python workers need only pyspark's Python modules) and is rebuilt only when
+# pyproject.toml or this script changed.
 # (On Kubernetes with the images in docker/, the environment is already in the image: set
 # CXRSPARK_SHIP_ENV=0 to skip the archive.)
 set -euo pipefail
@@ -52,11 +54,11 @@ ship=()
 if [ "${CXRSPARK_SHIP_ENV:-1}" = "1" ]; then
   pack="$here/dist/cxrspark-env.tar.gz"
   stamp="$here/dist/.cxrspark-env.sha"
-  want=$(sha256sum "$here/pyproject.toml" | cut -c1-16)
+  want=$(cat "$here/pyproject.toml" "$here/spark-submit.sh" | sha256sum | cut -c1-16)
   if [ ! -f "$pack" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
     echo "spark-submit.sh: packing $venv -> $pack (venv-pack; cxrspark itself ships as dist/cxrspark.zip)" >&2
     "$venv/bin/venv-pack" -p "$venv" -o "$pack" --force --exclude 'lib/python3.11/site-packages/__editable__*' \
-        --exclude 'lib/python3.11/site-packages/cxrspark*' -q
+        --exclude 'lib/python3.11/site-packages/cxrspark*' --exclude 'lib/python3.11/site-packages/pyspark/jars/*' -q
     echo "$want" > "$stamp"
   fi
   ship=(--archives "$pack#environment" --conf spark.pyspark.python=./environment/bin/python

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -133,6 +134,25 @@ def test_a_failed_run_leaves_the_previous_output_untouched(sample, spark):
         run_ingest(spark, sample["cfg"], log=fail)
     assert json.loads((out / "summary.json").read_text())["dataset_hash"] == stamp
     assert not list(out.parent.glob("out.incomplete-*"))
+
+
+def test_a_run_killed_between_the_commit_renames_gets_its_previous_output_back(tmp_path):
+    from cxrspark.ingest.output import AtomicDir
+
+    final = tmp_path / "dataset"
+    first = AtomicDir(final)
+    Path(first.path("summary.json")).write_text("first")
+    first.commit()
+    (tmp_path / "dataset.old-0ld0ld00").mkdir()  # an older replaced output whose removal was cut short
+    (tmp_path / "dataset.old-0ld0ld00" / "part").write_text("")
+    time.sleep(0.05)
+    # commit() of a second run moved the output aside, then the process died before the second rename
+    interrupted = AtomicDir(final)
+    Path(interrupted.path("summary.json")).write_text("second, never committed")
+    final.rename(tmp_path / "dataset.old-deadbeef")
+    AtomicDir(final).abort()  # the next run starts
+    assert (final / "summary.json").read_text() == "first"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dataset"]
 
 
 def test_ratios_and_image_options_change_the_output(sample, spark):

@@ -10,13 +10,16 @@ from pathlib import Path
 class AtomicDir:
     """Write into a hidden sibling staging folder; ``commit()`` swaps it into place.
 
-    A run that fails leaves only ``<output>.incomplete-*`` (removed at the next run's start), never a
-    half-written ``<output>``. Works on local and shared POSIX filesystems.
+    A run that fails or is killed leaves only ``<output>.incomplete-*`` (removed at the next run's
+    start), never a half-written ``<output>``. ``commit()`` is two renames: a run killed between them
+    leaves the previous output as ``<output>.old-*``, and the next run puts it back before anything
+    else. Works on local and shared POSIX filesystems.
     """
 
     def __init__(self, final: str | os.PathLike):
         self.final = Path(final).resolve()
         self.final.parent.mkdir(parents=True, exist_ok=True)
+        recover(self.final)
         for stale in self.final.parent.glob(self.final.name + ".incomplete-*"):
             shutil.rmtree(stale, ignore_errors=True)
         self.staging = self.final.parent / f"{self.final.name}.incomplete-{uuid.uuid4().hex[:8]}"
@@ -37,6 +40,17 @@ class AtomicDir:
 
     def abort(self) -> None:
         shutil.rmtree(self.staging, ignore_errors=True)
+
+
+def recover(final: Path) -> None:
+    """Undo an interrupted ``commit()``: with no ``final``, the newest ``final.old-*`` is the previous
+    complete output and goes back; any other ``.old-*`` is a replaced output whose removal was cut short.
+    Newest = latest ctime: the rename into ``.old-*`` sets it (mtime would be when it was written)."""
+    olds = sorted(final.parent.glob(final.name + ".old-*"), key=lambda p: p.stat().st_ctime)
+    if olds and not final.exists():
+        os.replace(olds.pop(), final)
+    for old in olds:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def format_counts(table: list[dict], splits: list[str]) -> str:

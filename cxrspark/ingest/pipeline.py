@@ -158,8 +158,10 @@ def _run(spark: SparkSession, cfg: Config, out: AtomicDir, log: Callable[[str], 
                      for r in read[CURATED].select("record_id", "pixel_sha256", "split", "label").collect())
     config = to_dict(cfg)
     lungs = _lung_summary(read[CURATED], cfg)
-    # the U-Net's weights change the stored images and masks: they are part of the dataset's identity
-    dataset_hash = hashlib.sha256(("\n".join(fp_rows) + json.dumps(config["ingest"], sort_keys=True)
+    # the U-Net's weights change the stored images and masks: they are part of the dataset's identity;
+    # where the dataset is written is not
+    settings = {k: v for k, v in config["ingest"].items() if k != "output"}
+    dataset_hash = hashlib.sha256(("\n".join(fp_rows) + json.dumps(settings, sort_keys=True)
                                    + lungs.get("weights_sha256", "")).encode()).hexdigest()
     shutil.rmtree(out.path("_work"), ignore_errors=True)
     return {

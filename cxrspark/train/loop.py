@@ -168,6 +168,7 @@ class Checkpointer(tf.keras.callbacks.Callback):
         self.directory, self.early, self.extra, self.keep = directory, early, extra, keep
         self.manager: tf.train.CheckpointManager | None = None
         self.history: list[dict[str, float]] = list(extra.pop("history", []))
+        self.best: str | None = extra.pop("best_weights", None)
 
     def on_train_begin(self, logs=None):
         ckpt = tf.train.Checkpoint(model=self.model, optimizer=self.model.optimizer)
@@ -175,16 +176,23 @@ class Checkpointer(tf.keras.callbacks.Callback):
                                                   checkpoint_name="ckpt")
 
     def on_epoch_end(self, epoch, logs=None):
+        # Nothing that state.json names is ever overwritten: the TF checkpoint and the best weights of
+        # this epoch get new names, state.json switches to them in one rename, older files go after.
+        # A process killed at any point leaves state.json naming complete files.
         path = self.manager.save(checkpoint_number=epoch + 1)
         if self.early.improved:
             # legacy .h5 (layer weights only): Keras' .weights.h5 would also carry the optimizer state
             tmp = self.directory / "best-tmp.h5"
             self.model.save_weights(str(tmp))
-            os.replace(tmp, self.directory / "best.h5")
+            self.best = f"best-{epoch + 1}.h5"
+            os.replace(tmp, self.directory / self.best)
         self.history.append({"epoch": epoch, **{k: float(v) for k, v in (logs or {}).items()}})
         _write_json_atomic(self.directory / STATE_FILE, {
-            **self.extra, "epoch": epoch + 1, "checkpoint": Path(path).name,
+            **self.extra, "epoch": epoch + 1, "checkpoint": Path(path).name, "best_weights": self.best,
             "early_stopping": self.early.state(), "history": self.history})
+        for old in self.directory.glob("best-*.h5"):
+            if old.name != self.best:
+                old.unlink(missing_ok=True)
 
 
 class MlflowEpochLogger(tf.keras.callbacks.Callback):
@@ -292,8 +300,8 @@ def run_training(cfg: Config, *, resume: bool = False) -> dict[str, Any]:
         if Path(f"{prefix}.index").is_file():
             optimizer.build(model.trainable_variables)
             tf.train.Checkpoint(model=model, optimizer=optimizer).restore(str(prefix)).assert_existing_objects_matched()
-            best = checkpoints / "best.h5"
-            if early.restore_best and best.is_file():
+            best = checkpoints / str(state.get("best_weights"))
+            if early.restore_best and state.get("best_weights") and best.is_file():
                 current = model.get_weights()
                 model.load_weights(str(best))
                 early.best_weights = model.get_weights()
@@ -328,7 +336,8 @@ def run_training(cfg: Config, *, resume: bool = False) -> dict[str, Any]:
             Checkpointer(checkpoints, early, {
                 "model": tcfg.model, "dataset_hash": info.dataset_hash, "mlflow_run_id": run_id,
                 "mlflow_tracking_uri": uri, "config_hash": _config_hash(cfg),
-                "history": state.get("history", []) if state else []}),
+                "history": state.get("history", []) if state else [],
+                "best_weights": state.get("best_weights") if state else None}),
             MlflowEpochLogger(),
         ]
         print(f"training {tcfg.model} on {info.root} ({info.size(tcfg.train_split)} train images, "
