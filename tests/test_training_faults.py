@@ -88,15 +88,16 @@ def test_horovodrun_logs_to_an_mlflow_server(server, sample_dataset, tmp_path):
 def _kill_tree(proc: subprocess.Popen) -> None:
     """SIGKILL horovodrun and every process under it at once, as a crashed machine would."""
     try:
-        procs = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
+        children = psutil.Process(proc.pid).children(recursive=True)
     except psutil.NoSuchProcess:
-        return
-    for p in procs:
+        children = []
+    for p in (proc, *children):
         try:
             p.kill()
-        except psutil.NoSuchProcess:
+        except (psutil.NoSuchProcess, ProcessLookupError):
             pass
-    psutil.wait_procs(procs, timeout=30)
+    proc.wait(timeout=30)  # reaped here, so that its exit status is kept
+    psutil.wait_procs(children, timeout=30)
 
 
 def _state(checkpoints: Path) -> dict | None:
