@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -130,6 +131,12 @@ class SparkCluster(_Service):
         except BaseException:
             self.stop()
             raise
+
+    def stop(self) -> None:
+        super().stop()
+        # each application's executors unpacked the shipped environment (GBs): keep only their logs
+        for env in self.workdir.glob("work*/app-*/*/environment"):
+            shutil.rmtree(env, ignore_errors=True)
 
     def state(self) -> dict:
         return get_json(f"http://127.0.0.1:{self.ui_port}/json/")
