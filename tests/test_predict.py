@@ -40,7 +40,7 @@ def _image_folder(root: Path) -> dict[str, str | None]:
     expected: dict[str, str | None] = {}
     (root / "sub" / "deeper").mkdir(parents=True)
     for i, (name, mode, size, fmt) in enumerate([
-            ("a.png", "L", (80, 60), "PNG"), ("b.jpg", "RGB", (50, 90), "JPEG"), ("sub/c.png", "RGBA", (64, 64), "PNG"),
+            ("a.png", "L", (80, 66), "PNG"), ("b.jpg", "RGB", (70, 90), "JPEG"), ("sub/c.png", "RGBA", (64, 64), "PNG"),
             ("sub/deeper/d.bmp", "L", (120, 100), "BMP"), ("e.jpeg", "L", (70, 70), "JPEG"),
             ("mislabelled.jpg", "L", (66, 77), "PNG")]):
         pixels = rng.integers(0, 255, (size[1], size[0], {"L": 1, "RGB": 3, "RGBA": 4}[mode]), dtype=np.uint8)
@@ -50,10 +50,11 @@ def _image_folder(root: Path) -> dict[str, str | None]:
     Image.fromarray(rng.integers(0, 255, (64, 64), dtype=np.uint8)).save(good, "PNG")
     (root / "truncated.png").write_bytes(good.getvalue()[:200])
     (root / "empty.jpg").write_bytes(b"")
+    Image.fromarray(rng.integers(0, 255, (8, 8), dtype=np.uint8)).save(root / "icon.png")  # below ingest.min_side
     (root / "notes.txt").write_text("not an image\n")
     (root / "sub" / "metadata.csv").write_text("patient,finding\n1,COVID-19\n")
     expected.update({"truncated.png": "corrupt_image", "empty.jpg": "empty_file", "notes.txt": "not_an_image",
-                     "sub/metadata.csv": "not_an_image"})
+                     "sub/metadata.csv": "not_an_image", "icon.png": "too_small"})
     (root / ".hidden.png").write_bytes(good.getvalue())  # skipped, like every hidden file
     (root / ".cache").mkdir()
     (root / ".cache" / "x.png").write_bytes(good.getvalue())
@@ -90,8 +91,9 @@ def test_predict_over_a_folder_gives_one_row_per_file_and_a_reason_per_unreadabl
             assert row["error"] is None and row["predicted"] in CLASSES
         else:
             assert row["error"].startswith(reason + ":") and row["predicted"] is None and np.isnan(row["p_Normal"])
-    assert summary["unreadable"] == 4 and summary["reasons"] == {"corrupt_image": 1, "empty_file": 1, "not_an_image": 2}
-    assert sum(summary["predicted"].values()) == len(expected) - 4
+    assert summary["unreadable"] == 5 and summary["reasons"] == {"corrupt_image": 1, "empty_file": 1, "not_an_image": 2,
+                                                                 "too_small": 1}
+    assert sum(summary["predicted"].values()) == len(expected) - 5
 
     # the same numbers as the model called directly on the ingest's preparation of each file
     model = tf.keras.models.load_model(model_file)
