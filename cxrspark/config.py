@@ -33,14 +33,44 @@ class SourceConfig:
 
 
 @dataclass
+class VerifyConfig:
+    """When a candidate pair is a copy (cxrspark.images.copymatch; thresholds measured on the real
+    data, see benchmarks/README.md "Near-duplicate detection")."""
+    #: Lowe's ratio test on RootSIFT matches
+    ratio: float = 0.85
+    #: RANSAC reprojection threshold, px of the 256 px working image
+    ransac_px: float = 3.0
+    #: RANSAC inliers of the similarity transform
+    min_inliers: int = 8
+    #: the transform's scale within [1/max_scale, max_scale] and rotation within +-max_rotation degrees
+    max_scale: float = 3.0
+    max_rotation: float = 20.0
+    #: common area / the smaller image's area
+    min_overlap: float = 0.5
+    #: median block correlation of the high-pass detail (copies >= 0.58, look-alikes <= 0.30 measured)
+    min_detail: float = 0.45
+    #: px of the Gaussian blur that the detail is taken against
+    blur_sigma: float = 2.0
+    #: blocks per side of the detail grid
+    grid: int = 8
+
+
+@dataclass
 class DedupConfig:
-    #: find near duplicates (perceptual hash) in addition to exact (decoded-pixel hash) ones
+    #: find near duplicates (keypoint buckets + verification) in addition to exact (decoded-pixel hash) ones
     near: bool = True
-    #: max Hamming distance between 64-bit pHashes for a near-duplicate candidate
-    phash_threshold: int = 8
-    #: min thumbnail correlation that confirms a candidate (pHash alone confuses different CXRs);
-    #: both thresholds were measured on real data, see benchmarks/README.md
-    min_correlation: float = 0.95
+    #: strongest SIFT keypoints kept per image
+    keypoints: int = 300
+    #: longer side of the working image (px)
+    work_size: int = 256
+    #: SimHash tables and bits per table (a bucket key per keypoint and table)
+    tables: int = 8
+    bits: int = 40
+    #: a candidate pair shares at least this many keypoints in common buckets
+    min_shared: int = 4
+    #: buckets holding more images than this are ignored (generic anatomy, not a copy)
+    bucket_cap: int = 50
+    verify: VerifyConfig = field(default_factory=VerifyConfig)
     #: which member of a duplicate group is kept: the one with the most original pixels, ties broken
     #: by the order of sources in the config, then by record_id
     keep: str = "largest"
@@ -526,10 +556,17 @@ def _validate(cfg: Config) -> None:
         raise ConfigError(f"'ingest.image_size' must be between 16 and 2048, not {ing.image_size}")
     if ing.min_side < 1:
         raise ConfigError(f"'ingest.min_side' must be at least 1, not {ing.min_side}")
-    if not 0 <= ing.dedup.phash_threshold <= 20:
-        raise ConfigError("'ingest.dedup.phash_threshold' must be between 0 and 20")
-    if not -1.0 <= ing.dedup.min_correlation <= 1.0:
-        raise ConfigError("'ingest.dedup.min_correlation' must be between -1 and 1")
+    dd = ing.dedup
+    if not (16 <= dd.keypoints <= 2000 and 64 <= dd.work_size <= 1024 and 1 <= dd.tables <= 64
+            and 8 <= dd.bits <= 56 and dd.min_shared >= 1 and dd.bucket_cap >= 2):
+        raise ConfigError("'ingest.dedup': keypoints 16..2000, work_size 64..1024, tables 1..64, bits 8..56, "
+                          "min_shared >= 1 and bucket_cap >= 2")
+    v = dd.verify
+    if not (v.min_inliers >= 3 and v.max_scale >= 1.0 and 0.0 <= v.max_rotation <= 180.0
+            and 0.0 < v.min_overlap <= 1.0 and -1.0 <= v.min_detail <= 1.0 and 0.0 < v.ratio <= 1.0
+            and v.ransac_px > 0 and v.blur_sigma > 0 and v.grid >= 1):
+        raise ConfigError("'ingest.dedup.verify': min_inliers >= 3, max_scale >= 1, max_rotation 0..180, "
+                          "min_overlap in (0, 1], min_detail in [-1, 1], ratio in (0, 1], ransac_px, blur_sigma > 0")
     ratios = ing.split.ratios
     if not ratios or any(v < 0 for v in ratios.values()) or abs(sum(ratios.values()) - 1.0) > 1e-6:
         raise ConfigError(f"'ingest.split.ratios' must be non-negative and sum to 1, got {ratios}")

@@ -60,10 +60,13 @@ RECORD_DDL = (
     "license string, provenance string, error string"
 )
 
-# Columns the decode UDF adds (see cxrspark.spark.udfs).
+# Columns the decode UDF adds (see cxrspark.spark.udfs). The kp_* columns are the near-duplicate
+# search's working image and keypoints (cxrspark.images.keypoints); they stay in the ingest's work
+# table and are not written to curated/.
 DECODED_DDL = (
     "image binary, height int, width int, orig_height int, orig_width int, orig_format string, "
-    "orig_mode string, pixel_sha256 string, phash long, thumb binary, decode_error string"
+    "orig_mode string, pixel_sha256 string, phash long, kp_image binary, kp_height int, kp_width int, "
+    "kp_xy binary, kp_desc binary, kp_keys array<bigint>, decode_error string"
 )
 
 # Columns of the lung segmentation stage (cxrspark.spark.udfs.make_segment_udf): the stored image

@@ -108,9 +108,16 @@ def test_dedup_report_lists_every_dropped_row_with_evidence(sample):
     assert set(dups["kind"]) == {"exact", "near"}
     assert (dups.loc[dups["kind"] == "exact", "distance_to_kept"] == 0).all()
     near = dups[dups["kind"] == "near"]
-    assert (near["distance_to_kept"] <= near["threshold"]).all()
-    assert dups["evidence"].str.contains(r"phash distance|same decoded pixels").all()
+    v = sample["cfg"].ingest.dedup.verify
+    # every near copy passed the verification against the image that was kept, and says how
+    assert (near["inliers"] >= v.min_inliers).all() and (near["overlap"] >= v.min_overlap).all()
+    assert (near["detail"] >= v.min_detail).all() and (near["rotation"].abs() <= v.max_rotation).all()
+    assert near["evidence"].str.contains(r"inliers, scale .* rotation .* overlap .* detail").all()
+    assert dups.loc[dups["kind"] == "exact", "evidence"].str.contains("same decoded pixels").all()
     assert dups["keep_rule"].str.contains("most original pixels").all()
+    st = sample["summary"]["dedup"]
+    assert st["candidate_pairs"] >= st["verified_pairs"] >= len(near)
+    assert st["keypoint_rows"] > 0 and st["buckets"] > 0 and st["method"]["lsh_sha256"]
 
 
 def test_same_input_same_output_and_rerun_replaces_atomically(sample, spark):

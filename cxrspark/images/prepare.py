@@ -1,7 +1,7 @@
 """One image file's bytes to a model-ready square greyscale image plus its metadata and content hashes.
 
-Hashes are computed on the decoded greyscale pixels before contrast and resizing, so copies of an image
-at different resolutions or contrast settings still hash alike.
+Hashes and the near-duplicate keypoints are computed on the decoded greyscale pixels before contrast and
+resizing, so copies of an image at different resolutions or contrast settings still match.
 """
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from cxrspark.images.decode import decode_image
-from cxrspark.images.hashing import phash, pixel_sha256, thumbnail
+from cxrspark.images.hashing import phash, pixel_sha256
+from cxrspark.images.keypoints import KeypointParams, Keypoints, describe
 from cxrspark.images.transforms import apply_contrast, resize
 
 
@@ -25,15 +26,17 @@ class Prepared:
     orig_mode: str
     pixel_sha256: str
     phash: int
-    thumb: bytes  # 32x32 greyscale thumbnail of the decoded image (near-duplicate evidence)
+    keypoints: Keypoints | None  # near-duplicate descriptors (None when not asked for)
 
 
 def prepare(data: bytes, *, size: int, resize_mode: str = "pad", contrast: str = "none",
-            max_pixels: int = 50_000_000, min_side: int = 1, jpeg_draft: bool = True) -> Prepared:
+            max_pixels: int = 50_000_000, min_side: int = 1, jpeg_draft: bool = True,
+            keypoints: KeypointParams | None = None) -> Prepared:
     """Decode, hash, apply contrast and resize one image; raises DecodeError as `decode_image` does.
 
     With `jpeg_draft`, JPEGs are decoded at a DCT scale of at least 2*size per side (fast, and still
     enough resolution for the final resize); the hashes then describe those drafted pixels.
+    With ``keypoints``, the near-duplicate descriptors of :func:`cxrspark.images.keypoints.describe`.
     """
     decoded = decode_image(data, max_pixels=max_pixels, min_side=min_side,
                            draft_size=2 * size if jpeg_draft else None)
@@ -46,5 +49,5 @@ def prepare(data: bytes, *, size: int, resize_mode: str = "pad", contrast: str =
         orig_mode=decoded.mode,
         pixel_sha256=pixel_sha256(pixels),
         phash=phash(pixels),
-        thumb=thumbnail(pixels),
+        keypoints=describe(pixels, keypoints) if keypoints is not None else None,
     )

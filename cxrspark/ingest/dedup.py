@@ -1,146 +1,275 @@
-"""Duplicate detection across all sources, without an all-pairs join.
+"""Duplicate detection across all sources: exact copies by pixels, near copies by keypoints, no all-pairs join.
 
-* exact duplicates: equal hash of the DECODED pixels (a PNG and its lossless re-encode match,
-  byte-different files of the same picture match);
-* near duplicates (re-encoded, resized, slightly cropped copies): 64-bit DCT perceptual hashes within
-  ``threshold`` bits AND 32x32 thumbnails correlating at least ``min_correlation`` (pHash alone puts
-  different patients' chest X-rays within a few bits of each other). Candidates come from pigeonhole
-  banding: the hash is cut into ``threshold + 1`` bands, and two hashes within the threshold agree
-  exactly on at least one band, so an equi-join on (band, value) finds every pair within the threshold
-  (recall 1 by construction) while comparing only rows that share a bucket. Candidates are then
-  checked with the exact Hamming distance and the thumbnail correlation (a pandas UDF).
+* **exact**: equal SHA-256 of the DECODED pixels (a PNG and its lossless re-encode match). Each set of
+  identical images takes part in the near search once, through its smallest record_id.
+* **near** (re-cropped, re-windowed, re-encoded, resized copies):
 
-Pairs become groups (connected components, on the driver: pairs are few); one representative per group
-is kept by a stated rule; groups whose members disagree on the label are returned as conflicts.
+  1. *buckets*: every image's keypoints carry one SimHash key per table (cxrspark.images.keypoints).
+     ``explode`` gives (key, image, keypoint) rows; a ``groupBy(key)`` builds each bucket's member list;
+     buckets holding more than ``bucket_cap`` images are generic anatomy and ignored;
+  2. *candidates*: inside each remaining bucket, every pair of its images (at most cap^2/2 rows per
+     bucket, generated where the bucket lies: no join); ``groupBy(a, b)`` counts the distinct keypoints
+     of ``a`` that share a bucket with ``b``; pairs with at least ``min_shared`` are candidates;
+  3. *verification* (a pandas UDF over cxrspark.images.copymatch): a RANSAC similarity fit of the
+     matched keypoints, then the high-pass detail correlation of the aligned images;
+  4. *groups* without chaining (cxrspark.ingest.groups.strict_groups): in each connected component of
+     verified edges the member ranked first by the keep rule is kept, and every other member must itself
+     verify against it; a pair of the two that was never a candidate is verified in a second round.
+
+Every verified edge (also one that does not end in a group) links the two images' patients, so a copy
+never lands in another split than its original. Driver state: the verified edges and the members of the
+duplicate groups, never a per-image list.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
+from typing import Callable
 
-import pandas as pd
-from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import DataFrame, Observation, SparkSession
 from pyspark.sql import functions as F
-from pyspark.sql.functions import pandas_udf
-from pyspark.sql.types import DoubleType
 
-from cxrspark.images.hashing import band_layout, hamming, thumb_correlation
-from cxrspark.ingest.groups import connected_components
+from cxrspark.config import DedupConfig
+from cxrspark.images.copymatch import VerifyParams
+from cxrspark.images.hashing import hamming
+from cxrspark.images.keypoints import KeypointParams, lsh_digest
+from cxrspark.ingest.groups import connected_components, strict_groups
+from cxrspark.spark.udfs import VERDICT_DDL, make_verify_udf
 
+#: the method's version: part of the dataset hash together with the projection digest and the settings
+DEDUP_VERSION = "keypoints-rootsift-simhash-ransac-detail/1"
 KEEP_RULE = ("keep the member with the most original pixels (orig_height*orig_width); ties broken by "
-             "the order of the sources in the config, then by record_id")
+             "the order of the sources in the config, then by record_id; every other member is a verified "
+             "copy of the kept one")
+KP_COLUMNS = ("kp_image", "kp_height", "kp_width", "kp_xy", "kp_desc")
+VERDICT_COLUMNS = tuple(c.split()[0] for c in VERDICT_DDL.split(", "))
 
 
-@pandas_udf(DoubleType())
-def _correlation(a: pd.Series, b: pd.Series) -> pd.Series:
-    return pd.Series([thumb_correlation(x, y) for x, y in zip(a, b)], dtype="float64")
+def keypoint_params(dd: DedupConfig) -> KeypointParams:
+    return KeypointParams(n_keypoints=dd.keypoints, tables=dd.tables, bits=dd.bits, work_size=dd.work_size)
 
 
-def candidate_pairs(df: DataFrame, threshold: int, min_correlation: float, near: bool = True) -> DataFrame:
-    """Pairs (a < b) of duplicate rows: columns a, b, kind ('exact'|'near'), distance, correlation.
+def verify_params(dd: DedupConfig) -> VerifyParams:
+    v = dd.verify
+    return VerifyParams(ratio=v.ratio, ransac_px=v.ransac_px, min_inliers=v.min_inliers, max_scale=v.max_scale,
+                        max_rotation=v.max_rotation, min_overlap=v.min_overlap, min_detail=v.min_detail,
+                        blur_sigma=v.blur_sigma, grid=v.grid)
 
-    ``df`` needs record_id, pixel_sha256, phash, thumb.
+
+def method_identity(dd: DedupConfig) -> dict:
+    """What defines the near-duplicate method's results (enters the dataset hash)."""
+    return {"version": DEDUP_VERSION, "lsh_sha256": lsh_digest(dd.tables, dd.bits) if dd.near else None}
+
+
+# ---- exact ---------------------------------------------------------------------------------------
+def exact_edges(df: DataFrame) -> DataFrame:
+    """(a, b): a = the smallest record_id of a set of identical images, b = each other member."""
+    first = df.groupBy("pixel_sha256").agg(F.min("record_id").alias("a"), F.count("*").alias("n")).where("n > 1")
+    return (df.select("record_id", "pixel_sha256").join(first.select("pixel_sha256", "a"), "pixel_sha256")
+            .where(F.col("record_id") != F.col("a")).select("a", F.col("record_id").alias("b")))
+
+
+# ---- near: buckets -> candidates ------------------------------------------------------------------
+def candidate_pairs(df: DataFrame, dd: DedupConfig, work: str, stats: dict) -> DataFrame:
+    """Candidate pairs (a < b by record_id) with ``shared`` keypoints; ``df`` has record_id and kp_keys.
+
+    Writes the buckets and the candidates under ``work`` (both are read twice) and fills ``stats``.
     """
-    base = df.select("record_id", "pixel_sha256", "phash")
-    l, r = base.alias("l"), base.alias("r")
-    exact = (l.join(r, (F.col("l.pixel_sha256") == F.col("r.pixel_sha256"))
-                    & (F.col("l.record_id") < F.col("r.record_id")))
-             .select(F.col("l.record_id").alias("a"), F.col("r.record_id").alias("b"),
-                     F.lit("exact").alias("kind"), F.lit(0).alias("distance"),
-                     F.lit(1.0).alias("correlation")))
-    if not near:
-        return exact
-    bands = [F.struct(F.lit(i).alias("band"),
-                      F.shiftrightunsigned(F.col("phash"), shift).bitwiseAND(F.lit((1 << width) - 1))
-                      .alias("value"))
-             for i, (shift, width) in enumerate(band_layout(threshold + 1))]
-    banded = (base.select("record_id", "phash", F.explode(F.array(*bands)).alias("bv"))
-              .select("record_id", "phash", "bv.band", "bv.value"))
-    bl, br = banded.alias("l"), banded.alias("r")
-    cand = (bl.join(br, (F.col("l.band") == F.col("r.band")) & (F.col("l.value") == F.col("r.value"))
-                    & (F.col("l.record_id") < F.col("r.record_id")))
-            .select(F.col("l.record_id").alias("a"), F.col("r.record_id").alias("b"),
-                    F.bit_count(F.col("l.phash").bitwiseXOR(F.col("r.phash"))).cast("int").alias("distance"))
-            .dropDuplicates(["a", "b"])
-            .where(F.col("distance") <= threshold))
-    thumbs = df.select("record_id", "thumb")
-    ta, tb = thumbs.alias("ta"), thumbs.alias("tb")
-    cand = (cand.join(ta, F.col("a") == F.col("ta.record_id")).join(tb, F.col("b") == F.col("tb.record_id"))
-            .withColumn("correlation", _correlation(F.col("ta.thumb"), F.col("tb.thumb")))
-            .where(F.col("correlation") >= min_correlation)
-            .select("a", "b", F.lit("near").alias("kind"), "distance", "correlation"))
-    # a pair found both ways is exact
-    both = exact.unionByName(cand)
-    return (both.groupBy("a", "b")
-            .agg(F.min("distance").alias("distance"), F.max("correlation").alias("correlation"),
-                 F.min(F.when(F.col("kind") == "exact", 0).otherwise(1)).alias("_k"))
-            .select("a", "b", F.when(F.col("_k") == 0, "exact").otherwise("near").alias("kind"),
-                    "distance", "correlation"))
+    t0 = time.time()
+    ids = df.select("record_id", F.xxhash64("record_id").alias("iid"), "kp_keys")
+    n_img, n_iid = ids.agg(F.count("*"), F.countDistinct("iid")).first()
+    if n_img != n_iid:  # 64-bit hash ids: a collision (about 1 in 3e7 at 10^6 images) must not merge two images
+        raise RuntimeError(f"dedup: 64-bit image ids collide ({n_img} images, {n_iid} ids)")
+    rows = ids.select("iid", F.posexplode("kp_keys").alias("pos", "key")).select(
+        "key", "iid", (F.col("pos") / dd.tables).cast("int").alias("kp"))
+    cap = dd.bucket_cap
+    buckets = (rows.groupBy("key")
+               .agg(F.countDistinct("iid").alias("images"), F.count("*").alias("rows"),
+                    F.collect_list(F.struct("iid", "kp")).alias("members")))
+    (buckets.select("key", "images", "rows",
+                    F.when((F.col("images") >= 2) & (F.col("images") <= cap), F.col("members")).alias("members"))
+     .write.parquet(f"{work}/buckets"))
+    b = F.col("images")
+    st = (df.sparkSession.read.parquet(f"{work}/buckets")
+          .agg(F.count("*").alias("buckets"), F.sum("rows").alias("keypoint_rows"),
+               F.sum(F.when(b >= 2, 1).otherwise(0)).alias("shared_buckets"),
+               F.sum(F.when(b > cap, 1).otherwise(0)).alias("over_cap_buckets"),
+               F.sum(F.when(b > cap, F.col("rows")).otherwise(0)).alias("over_cap_rows"),
+               F.max("images").alias("max_bucket_images")).first().asDict())
+    stats.update({k: int(v or 0) for k, v in st.items()})
+    stats["seconds_buckets"] = round(time.time() - t0, 2)
+
+    t0 = time.time()
+    kept = df.sparkSession.read.parquet(f"{work}/buckets").where(F.col("members").isNotNull())
+    x = kept.select("key", F.explode("members").alias("x"), "members")
+    pair_rows = (x.select("x", F.explode("members").alias("y")).where(F.col("x.iid") < F.col("y.iid"))
+                 .select(F.col("x.iid").alias("ia"), F.col("y.iid").alias("ib"), F.col("x.kp").alias("kp")))
+    obs = Observation("dedup_pairs")
+    pairs = (pair_rows.groupBy("ia", "ib").agg(F.countDistinct("kp").alias("shared"), F.count("*").alias("rows"))
+             .observe(obs, F.count(F.lit(1)).alias("pairs_sharing_a_bucket"), F.sum("rows").alias("pair_rows")))
+    pairs.where(F.col("shared") >= dd.min_shared).select("ia", "ib", "shared").write.parquet(f"{work}/candidates")
+    stats.update({k: int(v or 0) for k, v in obs.get.items()})
+    # back to record ids, a < b
+    cand = df.sparkSession.read.parquet(f"{work}/candidates")
+    name = ids.select("iid", "record_id")
+    na, nb = name.alias("na"), name.alias("nb")
+    out = (cand.join(na, F.col("ia") == F.col("na.iid")).join(nb, F.col("ib") == F.col("nb.iid"))
+           .select(F.least("na.record_id", "nb.record_id").alias("a"),
+                   F.greatest("na.record_id", "nb.record_id").alias("b"), "shared"))
+    stats["seconds_candidates"] = round(time.time() - t0, 2)
+    return out
 
 
+def verify_pairs(df: DataFrame, pairs: DataFrame, params: VerifyParams) -> DataFrame:
+    """pairs (a, b, ...) -> the same columns + the verdict columns (cxrspark.images.copymatch.verify)."""
+    kp = df.select("record_id", *KP_COLUMNS)
+    ka = kp.select(F.col("record_id").alias("a"), *[F.col(c).alias(f"a_{c}") for c in KP_COLUMNS])
+    kb = kp.select(F.col("record_id").alias("b"), *[F.col(c).alias(f"b_{c}") for c in KP_COLUMNS])
+    udf = make_verify_udf(params)
+    args = [F.col(f"a_{c}") for c in KP_COLUMNS] + [F.col(f"b_{c}") for c in KP_COLUMNS]
+    joined = pairs.join(ka, "a").join(kb, "b")
+    return (joined.withColumn("_v", udf(*args))
+            .select(*pairs.columns, *[F.col(f"_v.{c}").alias(c) for c in VERDICT_COLUMNS]))
+
+
+# ---- groups ---------------------------------------------------------------------------------------
 @dataclass
 class DedupResult:
-    #: record_id -> (group id, representative record_id) for every row that is in a group
+    #: record_id -> (group id, representative record_id) for every row that is in a kept group
     membership: dict[str, tuple[str, str]]
     #: report rows for every dropped duplicate
     report: list[dict]
     #: record_id -> reason for rows quarantined because their group disagrees on the label
     conflicts: dict[str, str]
-    #: pairs of patient keys that the kept groups link (same image under two patient keys)
+    #: pairs of patient keys that verified copies link (same image under two patient keys)
     patient_links: list[tuple[str, str]]
-    pairs: int
+    stats: dict = field(default_factory=dict)
 
 
-def resolve_groups(spark: SparkSession, decoded: DataFrame, pairs: list[tuple[str, str, str, int, float]],
-                   source_order: list[str], threshold: int) -> DedupResult:
-    """Groups from pairs, a representative per group, the report, label conflicts, patient links."""
-    comp = connected_components((a, b) for a, b, *_ in pairs)
-    members = sorted(comp)
-    if not members:
-        return DedupResult({}, [], {}, [], 0)
-    info_rows = (decoded.where(F.col("record_id").isin(members))
-                 .select("record_id", "source", "source_path", "label", "patient_key",
-                         "orig_height", "orig_width", "pixel_sha256", "phash").collect())
-    info = {r["record_id"]: r.asDict() for r in info_rows}
-    edges: dict[str, list[str]] = {}
-    for a, b, kind, dist, corr in pairs:
-        why = (f" (phash distance {dist}, thumbnail correlation {corr:.3f})" if kind == "near"
-               else " (same decoded pixels)")
-        edges.setdefault(a, []).append(f"{kind} {b}{why}")
-        edges.setdefault(b, []).append(f"{kind} {a}{why}")
+def find_duplicates(spark: SparkSession, ok: DataFrame, dd: DedupConfig, source_order: list[str], work: str,
+                    log: Callable[[str], None] = print) -> DedupResult:
+    """Exact and near duplicates of the decoded rows ``ok``; groups, report, conflicts and patient links."""
+    stats: dict = {"method": method_identity(dd)}
+    t0 = time.time()
+    exact = [(r["a"], r["b"]) for r in exact_edges(ok).collect()]
+    stats["exact_pairs"] = len(exact)
+    stats["seconds_exact"] = round(time.time() - t0, 2)
+    verdicts: dict[tuple[str, str], dict] = {}
+    params = verify_params(dd)
+    if dd.near:
+        # one image per set of identical pixels: the others follow it through their exact edge
+        singles = ok.join(spark.createDataFrame([(b,) for _, b in exact], "record_id string"), "record_id",
+                          "left_anti") if exact else ok
+        searchable = singles.where(F.col("kp_keys").isNotNull())
+        cand = candidate_pairs(searchable, dd, work, stats)
+        t0 = time.time()
+        verify_pairs(searchable, cand, params).write.parquet(f"{work}/verdicts")
+        v = spark.read.parquet(f"{work}/verdicts")
+        why = {r["why"] or "copy": int(r["n"]) for r in v.groupBy("why").agg(F.count("*").alias("n")).collect()}
+        stats["candidate_pairs"] = sum(why.values())
+        stats["verdicts"] = dict(sorted(why.items()))
+        for r in v.where("copy").collect():
+            verdicts[(r["a"], r["b"])] = r.asDict()
+        stats["verified_pairs"] = len(verdicts)
+        stats["seconds_verify"] = round(time.time() - t0, 2)
+    else:
+        stats.update(candidate_pairs=0, verified_pairs=0)
+    t0 = time.time()
+    near_edges = list(verdicts)
+    comp = connected_components(exact + near_edges)
+    if not comp:
+        stats["seconds_groups"] = round(time.time() - t0, 2)
+        stats.update(groups=0, second_round_pairs=0)
+        return DedupResult({}, [], {}, [], stats)
+    members = spark.createDataFrame([(m,) for m in comp], "record_id string")
+    info = {r["record_id"]: r.asDict() for r in ok.join(members, "record_id").select(
+        "record_id", "source", "source_path", "label", "patient_key", "orig_height", "orig_width",
+        "pixel_sha256", "phash").collect()}
+    # the image that represents each set of identical pixels in the near search
+    exact_rep = {b: a for a, b in exact}
     order = {name: i for i, name in enumerate(source_order)}
-    groups: dict[str, list[str]] = {}
-    for rid, root in comp.items():
-        groups.setdefault(root, []).append(rid)
 
-    membership, report, conflicts, links = {}, [], {}, []
-    for gid, ids in sorted(groups.items()):
-        rows = [info[i] for i in ids]
-        rep = min(rows, key=lambda r: (-(r["orig_height"] or 0) * (r["orig_width"] or 0),
-                                       order.get(r["source"], len(order)), r["record_id"]))
-        group_id = f"dup:{gid}"
-        labels = sorted({r["label"] for r in rows})
+    def rank(rid: str) -> tuple:
+        r = info[rid]
+        return (-(r["orig_height"] or 0) * (r["orig_width"] or 0), order.get(r["source"], len(order)), rid)
+
+    def key(x: str, y: str) -> tuple[str, str]:
+        a, b = exact_rep.get(x, x), exact_rep.get(y, y)
+        return (a, b) if a < b else (b, a)
+
+    second: dict[tuple[str, str], dict] = {}
+
+    def verdict(x: str, y: str) -> bool | None:
+        k = key(x, y)
+        if k[0] == k[1]:
+            return True
+        if k in verdicts:
+            return True
+        return second[k]["copy"] if k in second else None
+
+    def verify_more(pairs: list[tuple[str, str]]) -> None:
+        need = sorted({key(x, y) for x, y in pairs if key(x, y) not in second and key(x, y)[0] != key(x, y)[1]})
+        if not need:
+            return
+        df = spark.createDataFrame(need, "a string, b string")
+        for r in verify_pairs(ok.join(members, "record_id"), df, params).collect():
+            second[(r["a"], r["b"])] = r.asDict()
+        for k in need:  # a pair whose images lack keypoints comes back from no join: not a copy
+            second.setdefault(k, {"a": k[0], "b": k[1], "copy": False, "why": "no_keypoints"})
+
+    roots: dict[str, list[str]] = {}
+    for rid, root in comp.items():
+        roots.setdefault(root, []).append(rid)
+    groups = strict_groups(roots.values(), rank, verdict, verify_more, exact + near_edges)
+    stats["second_round_pairs"] = len(second)
+    stats["second_round_copies"] = sum(1 for r in second.values() if r["copy"])
+
+    def evidence(x: str, rep: str) -> dict:
+        if info[x]["pixel_sha256"] == info[rep]["pixel_sha256"]:
+            return {"kind": "exact", "evidence": f"exact {rep}: same decoded pixels"}
+        k = key(x, rep)
+        r = verdicts.get(k) or second[k]
+        how = "candidate" if k in verdicts else "verified against the kept image in a second round"
+        return {"kind": "near", "inliers": r["inliers"], "scale": r["scale"], "rotation": r["rotation"],
+                "overlap": r["overlap"], "detail": r["detail"],
+                "evidence": (f"near {rep}: {r['inliers']} inliers, scale {r['scale']:.3f}, rotation "
+                             f"{r['rotation']:.1f} deg, overlap {r['overlap']:.2f}, detail {r['detail']:.3f} "
+                             f"({how}{', through ' + k[0] + ' ~ ' + k[1] if k != (min(x, rep), max(x, rep)) else ''})")}
+
+    membership, report, conflicts = {}, [], {}
+    for ids in sorted(groups, key=lambda g: min(g)):
+        rep = ids[0]
+        group_id = f"dup:{min(ids)}"
+        labels = sorted({info[i]["label"] for i in ids})
         if len(labels) > 1:
-            for r in rows:
-                conflicts[r["record_id"]] = (f"duplicate_label_conflict: {group_id} of {len(rows)} images "
-                                             f"has labels {labels}")
+            for i in ids:
+                conflicts[i] = f"duplicate_label_conflict: {group_id} of {len(ids)} images has labels {labels}"
             continue
-        for r in rows:
-            membership[r["record_id"]] = (group_id, rep["record_id"])
-            if r["patient_key"] != rep["patient_key"]:
-                links.append((r["patient_key"], rep["patient_key"]))
-            if r["record_id"] == rep["record_id"]:
+        for i in ids:
+            membership[i] = (group_id, rep)
+            if i == rep:
                 continue
-            exact = r["pixel_sha256"] == rep["pixel_sha256"]
+            r, k = info[i], info[rep]
             report.append({
-                "record_id": r["record_id"], "source": r["source"], "source_path": r["source_path"],
-                "patient_key": r["patient_key"], "label": r["label"],
-                "duplicate_of": rep["record_id"], "kept_source": rep["source"],
-                "kept_source_path": rep["source_path"], "kept_patient_key": rep["patient_key"],
-                "dup_group": group_id, "group_size": len(rows),
-                "kind": "exact" if exact else "near",
-                "distance_to_kept": 0 if exact else hamming(r["phash"], rep["phash"]),
-                "threshold": threshold,
-                "evidence": "; ".join(sorted(edges.get(r["record_id"], []))),
-                "keep_rule": KEEP_RULE,
+                "record_id": i, "source": r["source"], "source_path": r["source_path"],
+                "patient_key": r["patient_key"], "label": r["label"], "duplicate_of": rep,
+                "kept_source": k["source"], "kept_source_path": k["source_path"],
+                "kept_patient_key": k["patient_key"], "dup_group": group_id, "group_size": len(ids),
+                "inliers": None, "scale": None, "rotation": None, "overlap": None, "detail": None,
+                "distance_to_kept": hamming(r["phash"], k["phash"]), **evidence(i, rep), "keep_rule": KEEP_RULE,
             })
-    return DedupResult(membership, report, conflicts, links, len(pairs))
+    # every verified copy links its two images' patients (quarantined conflict rows link nothing)
+    links = sorted({(info[a]["patient_key"], info[b]["patient_key"])
+                    for a, b in exact + near_edges + [k for k, r in second.items() if r["copy"]]
+                    if a not in conflicts and b not in conflicts
+                    and info[a]["patient_key"] != info[b]["patient_key"]})
+    stats["groups"] = len({g for g, _ in membership.values()})
+    stats["conflict_groups"] = len({r.split(" of ")[0] for r in conflicts.values()})
+    stats["seconds_groups"] = round(time.time() - t0, 2)
+    return DedupResult(membership, report, conflicts, links, stats)
+
+
+REPORT_DDL = ("record_id string, source string, source_path string, patient_key string, label string, "
+              "duplicate_of string, kept_source string, kept_source_path string, kept_patient_key string, "
+              "dup_group string, group_size int, kind string, inliers int, scale double, rotation double, "
+              "overlap double, detail double, distance_to_kept int, evidence string, keep_rule string")

@@ -22,7 +22,7 @@ from pyspark.sql import functions as F
 
 import cxrspark
 from cxrspark.config import Config, to_dict
-from cxrspark.ingest.dedup import KEEP_RULE, candidate_pairs, resolve_groups
+from cxrspark.ingest.dedup import KEEP_RULE, REPORT_DDL, find_duplicates, method_identity
 from cxrspark.ingest.groups import connected_components
 from cxrspark.ingest.output import AtomicDir, format_counts
 from cxrspark.ingest.split import assign_splits
@@ -75,10 +75,10 @@ def _run(spark: SparkSession, cfg: Config, out: AtomicDir, log: Callable[[str], 
     bad = decoded.where(F.col("decode_error").isNotNull())
     ok = decoded.where(F.col("decode_error").isNull())
 
-    pairs = [(r["a"], r["b"], r["kind"], r["distance"], r["correlation"])
-             for r in candidate_pairs(ok, ing.dedup.phash_threshold, ing.dedup.min_correlation,
-                                      ing.dedup.near).collect()]
-    dd = resolve_groups(spark, ok, pairs, [s.name for s in cfg.sources], ing.dedup.phash_threshold)
+    dd = find_duplicates(spark, ok, ing.dedup, [s.name for s in cfg.sources], out.path("_work", "dedup"), log)
+    st = dd.stats
+    log(f"dedup: {st['exact_pairs']} exact pairs, {st['candidate_pairs']} candidate pairs, "
+        f"{st['verified_pairs']} verified near pairs, {st['groups']} groups")
     dropped = {r["record_id"]: r for r in dd.report}
 
     # patients linked by a duplicate group split as one unit
@@ -124,12 +124,9 @@ def _run(spark: SparkSession, cfg: Config, out: AtomicDir, log: Callable[[str], 
                                .select(*record_cols, F.lit("dedup").alias("stage"), "reason")))
     _write_table(quarantine, out.path("quarantine"))
     _write_table(early.where(F.col("outcome") == FILTERED).select(*record_cols, "reason"), out.path("filtered"))
-    report_ddl = ("record_id string, source string, source_path string, patient_key string, label string, "
-                  "duplicate_of string, kept_source string, kept_source_path string, kept_patient_key string, "
-                  "dup_group string, group_size int, kind string, distance_to_kept int, threshold int, "
-                  "evidence string, keep_rule string")
-    _write_table(spark.createDataFrame(dd.report, report_ddl) if dd.report
-                 else spark.createDataFrame([], report_ddl), out.path("duplicates"))
+    cols = [c.split()[0] for c in REPORT_DDL.split(", ")]
+    _write_table(spark.createDataFrame([tuple(r[c] for c in cols) for r in dd.report], REPORT_DDL),
+                 out.path("duplicates"))
 
     # ---- count what was WRITTEN, and reconcile ----
     read = {
@@ -161,8 +158,10 @@ def _run(spark: SparkSession, cfg: Config, out: AtomicDir, log: Callable[[str], 
     # the U-Net's weights change the stored images and masks: they are part of the dataset's identity;
     # where the dataset is written is not
     settings = {k: v for k, v in config["ingest"].items() if k != "output"}
+    # so are the near-duplicate method's version and its projection matrices (they decide the groups)
     dataset_hash = hashlib.sha256(("\n".join(fp_rows) + json.dumps(settings, sort_keys=True)
-                                   + lungs.get("weights_sha256", "")).encode()).hexdigest()
+                                   + lungs.get("weights_sha256", "")
+                                   + json.dumps(method_identity(ing.dedup), sort_keys=True)).encode()).hexdigest()
     shutil.rmtree(out.path("_work"), ignore_errors=True)
     return {
         "cxrspark_version": cxrspark.__version__,
@@ -173,10 +172,7 @@ def _run(spark: SparkSession, cfg: Config, out: AtomicDir, log: Callable[[str], 
         "curated_table": sorted(table, key=lambda r: (r["source"], r["label"], r["split"])),
         "splits": {s: sum(r["n"] for r in table if r["split"] == s) for s in ing.split.ratios},
         "classes": ing.classes,
-        "dedup": {"pairs": dd.pairs, "groups": len({g for g, _ in dd.membership.values()}),
-                  "linked_patient_keys": len(dd.patient_links), "threshold": ing.dedup.phash_threshold,
-                  "min_correlation": ing.dedup.min_correlation,
-                  "keep_rule": KEEP_RULE},
+        "dedup": {**dd.stats, "linked_patient_keys": len(dd.patient_links), "keep_rule": KEEP_RULE},
         "lungs": lungs,
         "source_problems": source_problems,
         "dataset_hash": dataset_hash,

@@ -13,6 +13,7 @@ from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from cxrspark.config import Config, SourceConfig
+from cxrspark.ingest.dedup import keypoint_params
 from cxrspark.schema import (FILTERED, FRONTAL_VIEWS, LATERAL_VIEWS, QUARANTINED, RECORD_DDL,
                              SEGMENTED_DDL, UNKNOWN_VIEW, SourceRecord)
 from cxrspark.sources import SourceError, make_adapter
@@ -74,12 +75,13 @@ def metadata_outcome(cfg: Config) -> tuple[Column, Column]:
     return outcome, reason
 
 
-# ---- 3. decode, hash, contrast, resize (the pandas UDF) -------------------------------------------
+# ---- 3. decode, hash, keypoints, contrast, resize (the pandas UDF) -------------------------------------------
 def decode(spark: SparkSession, df: DataFrame, cfg: Config) -> DataFrame:
     ing = cfg.ingest
     udf = make_prepare_udf(size=ing.image_size, resize_mode=ing.resize_mode, contrast=ing.contrast,
                            max_pixels=ing.max_pixels, min_side=ing.min_side,
-                           max_file_bytes=ing.max_file_mb * 2**20, jpeg_draft=ing.jpeg_draft)
+                           max_file_bytes=ing.max_file_mb * 2**20, jpeg_draft=ing.jpeg_draft,
+                           keypoints=keypoint_params(ing.dedup) if ing.dedup.near else None)
     # enough tasks to keep every core busy; the decode cost per row dwarfs the task overhead
     parts = spark.sparkContext.defaultParallelism * 4
     return (df.repartition(parts, "record_id")

@@ -5,6 +5,7 @@
   quarantines the row.
 - ``make_segment_udf``: lung masks with the U-Net. The model is loaded once per Python worker (a
   module-level cache that outlives tasks, as Spark reuses its Python workers) and run on batches.
+- ``make_verify_udf``: near-duplicate verification of candidate pairs (cxrspark.images.copymatch).
 - ``make_classify_udf``: class probabilities of a trained classifier, shipped to the workers as a
   broadcast of its saved bytes and loaded once per Python worker the same way.
 """
@@ -21,7 +22,7 @@ from cxrspark.schema import DECODED_DDL, PREDICTED_DDL, SEGMENTED_DDL
 
 
 def prepare_one(path: str, *, size: int, resize_mode: str, contrast: str, max_pixels: int,
-                max_file_bytes: int, jpeg_draft: bool, min_side: int = 1) -> dict:
+                max_file_bytes: int, jpeg_draft: bool, min_side: int = 1, keypoints=None) -> dict:
     """Read one file and prepare it; every failure becomes a decode_error (never an exception)."""
     from cxrspark.images import DecodeError, prepare
 
@@ -39,24 +40,30 @@ def prepare_one(path: str, *, size: int, resize_mode: str, contrast: str, max_pi
         return {**empty, "decode_error": f"unreadable_file: {exc}"}
     try:
         p = prepare(data, size=size, resize_mode=resize_mode, contrast=contrast,
-                    max_pixels=max_pixels, min_side=min_side, jpeg_draft=jpeg_draft)
+                    max_pixels=max_pixels, min_side=min_side, jpeg_draft=jpeg_draft, keypoints=keypoints)
     except DecodeError as exc:
         return {**empty, "decode_error": str(exc)}
     except Exception as exc:  # an unexpected decoder failure is still a per-row outcome
         return {**empty, "decode_error": f"decode_failed: {type(exc).__name__}: {exc}"}
+    kp = p.keypoints
     return {
         "image": p.image.tobytes(), "height": int(p.image.shape[0]), "width": int(p.image.shape[1]),
         "orig_height": int(p.orig_height), "orig_width": int(p.orig_width),
         "orig_format": p.orig_format, "orig_mode": p.orig_mode,
-        "pixel_sha256": p.pixel_sha256, "phash": int(p.phash), "thumb": p.thumb, "decode_error": None,
+        "pixel_sha256": p.pixel_sha256, "phash": int(p.phash),
+        "kp_image": kp.image.tobytes() if kp else None, "kp_height": int(kp.image.shape[0]) if kp else None,
+        "kp_width": int(kp.image.shape[1]) if kp else None, "kp_xy": kp.xy.tobytes() if kp else None,
+        "kp_desc": kp.desc.tobytes() if kp else None, "kp_keys": kp.keys.tolist() if kp else None,
+        "decode_error": None,
     }
 
 
 def make_prepare_udf(*, size: int, resize_mode: str, contrast: str, max_pixels: int,
-                     max_file_bytes: int, jpeg_draft: bool, min_side: int = 1):
-    """A pandas UDF: path column -> struct of DECODED_DDL."""
+                     max_file_bytes: int, jpeg_draft: bool, min_side: int = 1, keypoints=None):
+    """A pandas UDF: path column -> struct of DECODED_DDL (``keypoints``: a KeypointParams, or None
+    to leave the near-duplicate columns null)."""
     opts = dict(size=size, resize_mode=resize_mode, contrast=contrast, max_pixels=max_pixels,
-                max_file_bytes=max_file_bytes, jpeg_draft=jpeg_draft, min_side=min_side)
+                max_file_bytes=max_file_bytes, jpeg_draft=jpeg_draft, min_side=min_side, keypoints=keypoints)
 
     @pandas_udf(DECODED_DDL)
     def prepare_images(paths: pd.Series) -> pd.DataFrame:
@@ -193,3 +200,39 @@ def make_classify_udf(*, payload, digest: str, classes: list[str], batch_size: i
             yield classify_batch(model, list(images), list(heights), classes, batch_size)
 
     return classify
+
+
+# ---- near-duplicate verification ----------------------------------------------------------------
+VERDICT_DDL = ("copy boolean, inliers int, scale double, rotation double, overlap double, detail double, "
+               "why string")
+
+
+def verify_batch(cols: list[pd.Series], params) -> pd.DataFrame:
+    """Verdicts for a batch of candidate pairs; ``cols`` = kp_image, kp_height, kp_width, kp_xy, kp_desc
+    of image a, then the same of image b. A pair whose data is missing or unreadable is not a copy."""
+    from cxrspark.images.copymatch import verify
+
+    names = [c.split()[0] for c in VERDICT_DDL.split(", ")]
+    out = []
+    for row in zip(*cols):
+        try:
+            side = []
+            for img, h, w, xy, desc in (row[:5], row[5:]):
+                side += [np.frombuffer(img, np.uint8).reshape(int(h), int(w)),
+                         np.frombuffer(xy, np.float32).reshape(-1, 2), np.frombuffer(desc, np.uint8).reshape(-1, 128)]
+            v = verify(*side, p=params)
+            out.append((v.copy, v.inliers, v.scale, v.rotation, v.overlap, v.detail, v.why or None))
+        except Exception as exc:  # a broken pair is a non-copy with its reason, never a failed task
+            out.append((False, 0, None, None, None, None, f"verify_failed: {type(exc).__name__}: {exc}"))
+    return pd.DataFrame(out, columns=names)
+
+
+def make_verify_udf(params):
+    """A pandas UDF: the five kp_* columns of a, then of b -> struct of VERDICT_DDL."""
+
+    @pandas_udf(VERDICT_DDL)
+    def verify_pairs(ia: pd.Series, ha: pd.Series, wa: pd.Series, xya: pd.Series, da: pd.Series,
+                     ib: pd.Series, hb: pd.Series, wb: pd.Series, xyb: pd.Series, db: pd.Series) -> pd.DataFrame:
+        return verify_batch([ia, ha, wa, xya, da, ib, hb, wb, xyb, db], params)
+
+    return verify_pairs
