@@ -42,9 +42,14 @@ class VerifyConfig:
     ransac_px: float = 3.0
     #: RANSAC inliers of the similarity transform
     min_inliers: int = 8
-    #: the transform's scale within [1/max_scale, max_scale] and rotation within +-max_rotation degrees
+    #: the affine transform's scale (sqrt of its determinant) within [1/max_scale, max_scale] and rotation
+    #: within +-max_rotation degrees; a mirrored fit (negative determinant) is never a copy
     max_scale: float = 3.0
     max_rotation: float = 20.0
+    #: x scale / y scale of the fitted affine transform within [1/max_aspect, max_aspect] (a copy resized
+    #: to another aspect ratio), and its shear (|cos| of the angle between the mapped axes) at most max_shear
+    max_aspect: float = 1.25
+    max_shear: float = 0.1
     #: common area / the smaller image's area
     min_overlap: float = 0.5
     #: median block correlation of the high-pass detail (copies >= 0.58, look-alikes <= 0.30 measured)
@@ -563,7 +568,7 @@ def _validate(cfg: Config) -> None:
                           "min_shared >= 1 and bucket_cap >= 2")
     v = dd.verify
     if not (v.min_inliers >= 3 and v.max_scale >= 1.0 and 0.0 <= v.max_rotation <= 180.0
-            and 0.0 < v.min_overlap <= 1.0 and -1.0 <= v.min_detail <= 1.0 and 0.0 < v.ratio <= 1.0
+            and v.max_aspect >= 1.0 and v.max_shear >= 0.0 and 0.0 < v.min_overlap <= 1.0 and -1.0 <= v.min_detail <= 1.0 and 0.0 < v.ratio <= 1.0
             and v.ransac_px > 0 and v.blur_sigma > 0 and v.grid >= 1):
         raise ConfigError("'ingest.dedup.verify': min_inliers >= 3, max_scale >= 1, max_rotation 0..180, "
                           "min_overlap in (0, 1], min_detail in [-1, 1], ratio in (0, 1], ransac_px, blur_sigma > 0")

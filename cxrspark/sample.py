@@ -136,6 +136,26 @@ def synthetic_cxr(rng: np.random.Generator, cls: str, height: int, width: int) -
     return (np.clip(img, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
 
 
+def textured_cxr(seed: int, height: int = 420, width: int = 380) -> np.ndarray:
+    """A :func:`synthetic_cxr` with the fine structure real films have (vessel-like blobs at several
+    scales, rib arcs, grain), so that keypoints find enough detail: the pictures of the near-duplicate
+    tests. Different seeds give look-alikes (same anatomy, different detail)."""
+    rng = np.random.default_rng(seed)
+    img = synthetic_cxr(rng, NORMAL, height, width).astype(np.float32)
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+    for _ in range(160):
+        cy, cx = rng.uniform(0, height), rng.uniform(0, width)
+        s, amp = rng.uniform(1.5, 6.0), rng.uniform(-40.0, 40.0)
+        y0, y1 = int(max(0, cy - 4 * s)), int(min(height, cy + 4 * s))
+        x0, x1 = int(max(0, cx - 4 * s)), int(min(width, cx + 4 * s))
+        img[y0:y1, x0:x1] += amp * np.exp(-((yy[y0:y1, x0:x1] - cy) ** 2 + (xx[y0:y1, x0:x1] - cx) ** 2) / (2 * s * s))
+    for k in range(8):
+        y = height * (0.2 + 0.08 * k)
+        img += rng.uniform(10.0, 25.0) * np.exp(-((yy - y - 0.15 * height * np.sin(np.pi * xx / width)) ** 2) / 18.0)
+    img += rng.normal(0.0, 4.0, img.shape).astype(np.float32)
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
 def _rgb(grey: np.ndarray) -> np.ndarray:
     """A colour version of a grey picture (a faint tint, as scanned films and screenshots have)."""
     g = grey.astype(np.int16)

@@ -5,9 +5,12 @@ keypoints and even a rough global alignment; what only a copy shares is the *det
 vessel edges, noise, at the same places. So, for a candidate pair:
 
 1. match RootSIFT descriptors (mutual nearest neighbours passing Lowe's ratio test);
-2. fit a similarity transform (scale, rotation, shift) B -> A with RANSAC; require ``min_inliers``
-   inliers, a scale within [1/max_scale, max_scale] and a rotation within +-``max_rotation`` degrees;
-3. warp B onto A; require the overlap (the common area over the smaller image's area) >= ``min_overlap``;
+2. fit an affine transform B -> A with RANSAC; require ``min_inliers`` inliers, a scale within
+   [1/max_scale, max_scale], a rotation within +-``max_rotation`` degrees, an aspect change (x scale /
+   y scale) within ``max_aspect``, almost no shear and no mirroring: a similarity, up to a copy resized
+   to another aspect ratio;
+3. warp one image onto the other, into the frame that holds the common area at the lower resolution
+   (the shrunk image is low-pass filtered first, so its finer detail does not alias); require the overlap (the common area over the smaller image's area) >= ``min_overlap``;
 4. detail = image minus its Gaussian blur; over a grid of blocks in the common area, the Pearson
    correlation of A's and warped B's detail; the median over blocks is the *detail score*. A copy
    (re-encoded, re-windowed, resized, cropped) keeps it high; a look-alike does not.
@@ -29,6 +32,8 @@ class VerifyParams:
     min_inliers: int = 8
     max_scale: float = 3.0
     max_rotation: float = 20.0   # degrees
+    max_aspect: float = 1.25     # x scale / y scale (a copy resized to another aspect ratio)
+    max_shear: float = 0.1       # |cos| of the angle between the transformed axes
     min_overlap: float = 0.5
     min_detail: float = 0.5
     blur_sigma: float = 2.0      # px of the working image
@@ -111,34 +116,48 @@ def verify(img_a: np.ndarray, xy_a: np.ndarray, desc_a: np.ndarray,
         return Verdict(False, inliers=len(m), why="too_few_matches")
     src = xy_b[m[:, 1]].astype(np.float32)
     dst = xy_a[m[:, 0]].astype(np.float32)
-    M, inl = cv2.estimateAffinePartial2D(src, dst, method=cv2.RANSAC, ransacReprojThreshold=p.ransac_px,
-                                         maxIters=2000, confidence=0.995, refineIters=10)
+    M, inl = cv2.estimateAffine2D(src, dst, method=cv2.RANSAC, ransacReprojThreshold=p.ransac_px,
+                                  maxIters=2000, confidence=0.995, refineIters=10)
     if M is None:
         return Verdict(False, why="no_transform")
     n_in = int(inl.sum())
-    scale = float(math.hypot(M[0, 0], M[1, 0]))
-    rot = float(math.degrees(math.atan2(M[1, 0], M[0, 0])))
+    a = M[:, :2]
+    det = float(np.linalg.det(a))
+    scale = math.sqrt(abs(det))
+    rot = float(math.degrees(math.atan2(a[1, 0] - a[0, 1], a[0, 0] + a[1, 1])))
+    sx, sy = float(np.hypot(*a[:, 0])), float(np.hypot(*a[:, 1]))
+    aspect = sx / sy if sy > 0 else float("inf")
+    shear = abs(float(a[:, 0] @ a[:, 1])) / max(sx * sy, 1e-12)
     v = Verdict(False, inliers=n_in, scale=scale, rotation=rot)
     if n_in < p.min_inliers:
         v.why = "too_few_inliers"
         return v
-    if not 1.0 / p.max_scale <= scale <= p.max_scale or abs(rot) > p.max_rotation:
+    if (det <= 0 or not 1.0 / p.max_scale <= scale <= p.max_scale or abs(rot) > p.max_rotation
+            or not 1.0 / p.max_aspect <= aspect <= p.max_aspect or shear > p.max_shear):
         v.why = "transform_out_of_bounds"
         return v
-    h, w = img_a.shape
-    warped = cv2.warpAffine(img_b, M, (w, h), flags=cv2.INTER_LINEAR, borderValue=0)
-    valid = cv2.warpAffine(np.ones(img_b.shape, np.uint8), M, (w, h), flags=cv2.INTER_NEAREST,
+    # compare in the frame that holds the common area at the lower resolution: the other image is shrunk
+    # into it, low-pass filtered first so its finer detail does not alias
+    target, moving = img_a, img_b
+    if scale > 1.0:
+        target, moving, M = img_b, img_a, cv2.invertAffineTransform(M)
+    shrink = min(math.sqrt(abs(float(np.linalg.det(M[:, :2])))), 1.0)
+    if shrink < 0.95:
+        moving = cv2.GaussianBlur(moving, (0, 0), 0.5 * math.sqrt(1.0 / shrink ** 2 - 1.0))
+    h, w = target.shape
+    warped = cv2.warpAffine(moving, M, (w, h), flags=cv2.INTER_LINEAR, borderValue=0)
+    valid = cv2.warpAffine(np.ones(moving.shape, np.uint8), M, (w, h), flags=cv2.INTER_NEAREST,
                            borderValue=0).astype(bool)
     # shrink by the blur's reach so the warped edge does not count as detail
     k = int(2 * p.blur_sigma) * 2 + 1
     valid = cv2.erode(valid.astype(np.uint8), np.ones((k, k), np.uint8)).astype(bool)
     common = float(valid.sum())
-    smaller = min(float(h * w), float(img_b.shape[0] * img_b.shape[1]) * scale * scale)
+    smaller = min(float(h * w), float(moving.shape[0] * moving.shape[1]) * shrink * shrink)
     v.overlap = min(1.0, common / max(smaller, 1.0))
     if v.overlap < p.min_overlap:
         v.why = "small_overlap"
         return v
-    v.detail = detail_score(img_a, warped, valid, p)
+    v.detail = detail_score(target, warped, valid, p)
     if not v.detail >= p.min_detail:
         v.why = "detail_differs"
         return v

@@ -52,7 +52,8 @@ def keypoint_params(dd: DedupConfig) -> KeypointParams:
 def verify_params(dd: DedupConfig) -> VerifyParams:
     v = dd.verify
     return VerifyParams(ratio=v.ratio, ransac_px=v.ransac_px, min_inliers=v.min_inliers, max_scale=v.max_scale,
-                        max_rotation=v.max_rotation, min_overlap=v.min_overlap, min_detail=v.min_detail,
+                        max_rotation=v.max_rotation, max_aspect=v.max_aspect, max_shear=v.max_shear,
+                        min_overlap=v.min_overlap, min_detail=v.min_detail,
                         blur_sigma=v.blur_sigma, grid=v.grid)
 
 
