@@ -18,7 +18,7 @@ def test_shipped_configs_load_and_overrides_apply():
     assert cfg.ingest.split.ratios == {"train": 0.8, "test": 0.2}
     assert cfg.spark.conf == {"spark.executor.memory": "4g"}
     assert [s.name for s in cfg.sources][:2] == ["cohen", "figure1"]
-    assert cfg.ingest.dedup.phash_threshold == 8  # from the file, not overridden
+    assert cfg.ingest.dedup.bits == 40 and cfg.ingest.dedup.verify.min_detail == 0.45  # from the file
     for name in ("demo-sources.yaml", "sources-devdata.yaml"):
         assert load_config([REPO / "conf" / name]).sources
 
@@ -33,11 +33,11 @@ def test_unknown_key_names_key_and_file(tmp_path):
 
 def test_wrong_type_names_key_and_file(tmp_path):
     f = tmp_path / "bad.yaml"
-    f.write_text("ingest:\n  dedup:\n    phash_threshold: six\n")
+    f.write_text("ingest:\n  dedup:\n    verify:\n      min_inliers: six\n")
     with pytest.raises(ConfigError) as exc:
         load_config([f])
     msg = str(exc.value)
-    assert "ingest.dedup.phash_threshold" in msg and str(f) in msg and "int" in msg
+    assert "ingest.dedup.verify.min_inliers" in msg and str(f) in msg and "int" in msg
 
 
 def test_override_errors_name_the_command_line():

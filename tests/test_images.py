@@ -17,7 +17,7 @@ from pydicom.uid import (JPEG2000Lossless, ExplicitVRLittleEndian, SecondaryCapt
 
 from cxrspark.images import (DecodeError, Decoded, Prepared, apply_contrast, decode_image, hamming,
                              phash, pixel_sha256, prepare, resize)
-from cxrspark.images.hashing import band_layout, band_values, to_signed64, to_unsigned64
+from cxrspark.images.hashing import to_signed64, to_unsigned64
 from cxrspark.images.transforms import clahe, equalize
 
 # ----------------------------------------------------------------------------------------------- helpers
@@ -505,51 +505,6 @@ def test_signed_unsigned_and_hamming():
         assert hamming(s, u) == 0
     assert hamming(-1, 0) == 64 and hamming(0b1011, 0b0001) == 2
     assert hamming(to_signed64(1 << 63), 0) == 1
-
-
-def test_band_layout():
-    assert band_layout(1) == [(0, 64)]
-    assert band_layout(4) == [(48, 16), (32, 16), (16, 16), (0, 16)]
-    layout = band_layout(5)
-    assert [w for _, w in layout] == [13, 13, 13, 13, 12]
-    assert [s for s, _ in layout] == [51, 38, 25, 12, 0]
-    for bands in range(1, 65):
-        layout = band_layout(bands)
-        widths = [w for _, w in layout]
-        assert sum(widths) == 64 and max(widths) - min(widths) <= 1
-        assert widths == sorted(widths, reverse=True)
-    for bad in (0, 65):
-        with pytest.raises(ValueError):
-            band_layout(bad)
-
-
-def test_band_values_reconstruct_and_match_signed_shift():
-    rng = np.random.default_rng(1)
-    for _ in range(100):
-        s = to_signed64(int(rng.integers(0, 1 << 32)) << 32 | int(rng.integers(0, 1 << 32)))
-        for bands in (1, 3, 5, 7, 9, 64):
-            values = band_values(s, bands)
-            rebuilt = 0
-            for (shift, width), value in zip(band_layout(bands), values):
-                assert 0 <= value < (1 << width)
-                rebuilt |= value << shift
-                if width <= 63:  # Spark: shiftright on a signed long (arithmetic) then a bitwise and
-                    assert (s >> shift) & ((1 << width) - 1) == value
-            assert rebuilt == to_unsigned64(s)
-
-
-def test_bands_pigeonhole():
-    rng = np.random.default_rng(2)
-    for _ in range(500):
-        t = int(rng.integers(0, 12))
-        a = int(rng.integers(0, 1 << 62)) << 2 | int(rng.integers(0, 4))
-        flips = rng.choice(64, size=int(rng.integers(0, t + 1)), replace=False)
-        b = a
-        for bit in flips:
-            b ^= 1 << int(bit)
-        assert hamming(a, b) <= t
-        matches = [x == y for x, y in zip(band_values(to_signed64(a), t + 1), band_values(b, t + 1))]
-        assert any(matches)
 
 
 # ------------------------------------------------------------------------------------------------ prepare

@@ -84,9 +84,9 @@ def candidate_pairs(df: DataFrame, dd: DedupConfig, work: str, stats: dict) -> D
     rows = ids.select("iid", F.posexplode("kp_keys").alias("pos", "key")).select(
         "key", "iid", (F.col("pos") / dd.tables).cast("int").alias("kp"))
     cap = dd.bucket_cap
-    buckets = (rows.groupBy("key")
-               .agg(F.countDistinct("iid").alias("images"), F.count("*").alias("rows"),
-                    F.collect_list(F.struct("iid", "kp")).alias("members")))
+    # one aggregation per bucket: its member list, and from it the number of distinct images
+    buckets = (rows.groupBy("key").agg(F.count("*").alias("rows"), F.collect_list(F.struct("iid", "kp")).alias("members"))
+               .withColumn("images", F.size(F.array_distinct(F.col("members.iid")))))
     (buckets.select("key", "images", "rows",
                     F.when((F.col("images") >= 2) & (F.col("images") <= cap), F.col("members")).alias("members"))
      .write.parquet(f"{work}/buckets"))
