@@ -151,12 +151,13 @@ def run(spark, data: Path, rate: float, tmp: Path, seed: int) -> dict:
         if len(nih) > 1:
             false.append((grp, ps))
     n = len(rows)
-    dd = summary["dedup"]
+    dd = {**summary["dedup"], **{f"seconds_{k[len('dedup_'):]}": v for k, v in summary["stage_seconds"].items()
+                                 if k.startswith("dedup_")}}
     return {"rate": rate, "images": n, "planted": len(planted), "real_pairs": len(real), "real_found": real_found,
             "planted_pairs": len(pl), "planted_found": pl_found, "false_merge_groups": false,
             "candidates": dd["candidate_pairs"], "verified": dd["verified_pairs"],
             "candidate_rate": dd["candidate_pairs"] / (n * (n - 1) / 2), "dedup": dd, "seconds": seconds,
-            "groups": g, "by_path": by_path, "out": out}
+            "groups": g, "by_path": by_path, "out": out, "planted_list": pl}
 
 
 def _label(p: Path) -> str | None:
@@ -211,7 +212,7 @@ def main() -> int:
         for rate in [float(x) for x in args.rates.split(",")]:
             r = run(spark, data, rate, Path(tmp), args.seed)
             results.append(r)
-            print(json.dumps({k: v for k, v in r.items() if k not in ("groups", "by_path", "out", "dedup")}
+            print(json.dumps({k: v for k, v in r.items() if k not in ("groups", "by_path", "out", "dedup", "planted_list")}
                              | {"false_merge_groups": len(r["false_merge_groups"])}), flush=True)
             if rate == 0:
                 compare(data, r)

@@ -57,7 +57,7 @@ def _tables(output: Path) -> dict[str, pd.DataFrame]:
 
 def _summary(output: Path) -> dict:
     s = json.loads((output / "summary.json").read_text())
-    for run_specific in ("seconds", "output"):
+    for run_specific in ("seconds", "stage_seconds", "output"):
         s.pop(run_specific, None)
     s["config"]["ingest"].pop("output")
     s["config"].pop("spark")

@@ -16,6 +16,7 @@ from cxrspark.config import load_config
 from cxrspark.images.copymatch import verify
 from cxrspark.images.decode import decode_image
 from cxrspark.images.keypoints import KeypointParams, TABLE_SHIFT, describe, lsh_digest, trim_flat_borders
+from cxrspark.ingest.buckets import ROWS_PER_IMAGE, bucket_pairs
 from cxrspark.ingest.groups import strict_groups
 from cxrspark.sample import textured_cxr
 
@@ -68,6 +69,42 @@ def test_keypoints_and_bucket_keys_are_deterministic_and_the_projection_is_versi
     assert np.array_equal(tables.reshape(-1, p.tables), np.tile(np.arange(p.tables), (len(a.xy), 1)))
     assert len({lsh_digest(8, 40), lsh_digest(8, 36), lsh_digest(6, 40)}) == 3
     assert lsh_digest(8, 40) == lsh_digest(8, 40)
+
+
+def _pairs_by_brute_force(key, iid, kp, cap):
+    out = []
+    for k in set(key.tolist()):
+        at = np.flatnonzero(key == k)
+        if not 2 <= len(set(iid[at].tolist())) <= cap or len(at) > ROWS_PER_IMAGE * cap:
+            continue
+        for x in at:
+            for y in at:
+                if iid[x] < iid[y]:
+                    out.append((int(iid[x]), int(iid[y]), int(kp[x])))
+    return sorted(out)
+
+
+def test_bucket_pairs_are_every_pair_of_rows_of_two_images_in_a_bucket_under_the_cap():
+    rng = np.random.default_rng(3)
+    n = 4000
+    key = rng.integers(0, 900, n)          # buckets of about 4 rows, some large
+    key[:300] = 7                          # one bucket over the cap of images
+    key[300:300 + 40] = 8                  # one image repeating a key: over the cap of rows
+    iid = rng.integers(-2**62, 2**62, 300)[rng.integers(0, 300, n)]
+    iid[300:340] = iid[300]
+    kp = rng.integers(0, 300, n)
+    cap = 5
+    ia, ib, k, stats = bucket_pairs(key, iid, kp, cap)
+    assert sorted(zip(ia.tolist(), ib.tolist(), k.tolist())) == _pairs_by_brute_force(key, iid, kp, cap)
+    assert (ia < ib).all()
+    assert stats["keypoint_rows"] == n and stats["buckets"] == len(set(key.tolist()))
+    assert stats["over_cap_buckets"] >= 2 and stats["max_bucket_images"] > cap
+    assert stats["over_cap_rows"] >= 340
+    # the order of the rows does not matter
+    p = rng.permutation(n)
+    again = bucket_pairs(key[p], iid[p], kp[p], cap)
+    assert sorted(zip(*[a.tolist() for a in again[:3]])) == sorted(zip(ia.tolist(), ib.tolist(), k.tolist()))
+    assert bucket_pairs(key[:0], iid[:0], kp[:0], cap)[3]["buckets"] == 0
 
 
 def test_flat_borders_are_trimmed():

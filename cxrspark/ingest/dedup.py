@@ -5,11 +5,12 @@
 * **near** (re-cropped, re-windowed, re-encoded, resized copies):
 
   1. *buckets*: every image's keypoints carry one SimHash key per table (cxrspark.images.keypoints).
-     ``explode`` gives (key, image, keypoint) rows; a ``groupBy(key)`` builds each bucket's member list;
-     buckets holding more than ``bucket_cap`` images are generic anatomy and ignored;
-  2. *candidates*: inside each remaining bucket, every pair of its images (at most cap^2/2 rows per
-     bucket, generated where the bucket lies: no join); ``groupBy(a, b)`` counts the distinct keypoints
-     of ``a`` that share a bucket with ``b``; pairs with at least ``min_shared`` are candidates;
+     ``explode`` gives (key, image, keypoint) rows, hash-partitioned by key so that each bucket lies
+     whole in one partition; there, cxrspark.ingest.buckets sorts them (numpy, in a ``mapInPandas``),
+     skips buckets of one image and buckets over ``bucket_cap`` images (generic anatomy), and emits
+     every pair of a kept bucket's images (at most cap^2/2 pair rows per bucket: no join);
+  2. *candidates*: ``groupBy(a, b)`` counts the distinct keypoints of ``a`` that share a bucket with
+     ``b``; pairs with at least ``min_shared`` are candidates;
   3. *verification* (a pandas UDF over cxrspark.images.copymatch): a RANSAC similarity fit of the
      matched keypoints, then the high-pass detail correlation of the aligned images;
   4. *groups* without chaining (cxrspark.ingest.groups.strict_groups): in each connected component of
@@ -34,7 +35,8 @@ from cxrspark.images.copymatch import VerifyParams
 from cxrspark.images.hashing import hamming
 from cxrspark.images.keypoints import KeypointParams, lsh_digest
 from cxrspark.ingest.groups import connected_components, strict_groups
-from cxrspark.spark.udfs import VERDICT_DDL, make_verify_udf
+from cxrspark.ingest.buckets import STAT_NAMES
+from cxrspark.spark.udfs import BUCKET_PAIRS_DDL, VERDICT_DDL, bucket_pairs_partition, make_verify_udf
 
 #: the method's version: part of the dataset hash together with the projection digest and the settings
 DEDUP_VERSION = "keypoints-rootsift-simhash-ransac-detail/1"
@@ -42,6 +44,8 @@ KEEP_RULE = ("keep the member with the most original pixels (orig_height*orig_wi
              "the order of the sources in the config, then by record_id; every other member is a verified "
              "copy of the kept one")
 KP_COLUMNS = ("kp_image", "kp_height", "kp_width", "kp_xy", "kp_desc")
+#: keypoint rows per partition of the bucket step (an upper bound: images x keypoints x tables)
+ROWS_PER_PARTITION = 1_000_000
 VERDICT_COLUMNS = tuple(c.split()[0] for c in VERDICT_DDL.split(", "))
 
 
@@ -74,7 +78,7 @@ def exact_edges(df: DataFrame) -> DataFrame:
 def candidate_pairs(df: DataFrame, dd: DedupConfig, work: str, stats: dict) -> DataFrame:
     """Candidate pairs (a < b by record_id) with ``shared`` keypoints; ``df`` has record_id and kp_keys.
 
-    Writes the buckets and the candidates under ``work`` (both are read twice) and fills ``stats``.
+    Writes the pair rows and the candidates under ``work`` (both are read twice) and fills ``stats``.
     """
     t0 = time.time()
     ids = df.select("record_id", F.xxhash64("record_id").alias("iid"), "kp_keys")
@@ -82,31 +86,23 @@ def candidate_pairs(df: DataFrame, dd: DedupConfig, work: str, stats: dict) -> D
     if n_img != n_iid:  # 64-bit hash ids: a collision (about 1 in 3e7 at 10^6 images) must not merge two images
         raise RuntimeError(f"dedup: 64-bit image ids collide ({n_img} images, {n_iid} ids)")
     rows = ids.select("iid", F.posexplode("kp_keys").alias("pos", "key")).select(
-        "key", "iid", (F.col("pos") / dd.tables).cast("int").alias("kp"))
-    cap = dd.bucket_cap
-    # one aggregation per bucket: its member list, and from it the number of distinct images
-    buckets = (rows.groupBy("key").agg(F.count("*").alias("rows"), F.collect_list(F.struct("iid", "kp")).alias("members"))
-               .withColumn("images", F.size(F.array_distinct(F.col("members.iid")))))
-    (buckets.select("key", "images", "rows",
-                    F.when((F.col("images") >= 2) & (F.col("images") <= cap), F.col("members")).alias("members"))
-     .write.parquet(f"{work}/buckets"))
-    b = F.col("images")
-    st = (df.sparkSession.read.parquet(f"{work}/buckets")
-          .agg(F.count("*").alias("buckets"), F.sum("rows").alias("keypoint_rows"),
-               F.sum(F.when(b >= 2, 1).otherwise(0)).alias("shared_buckets"),
-               F.sum(F.when(b > cap, 1).otherwise(0)).alias("over_cap_buckets"),
-               F.sum(F.when(b > cap, F.col("rows")).otherwise(0)).alias("over_cap_rows"),
-               F.max("images").alias("max_bucket_images")).first().asDict())
-    stats.update({k: int(v or 0) for k, v in st.items()})
+        "key", "iid", (F.col("pos") / dd.tables).cast("long").alias("kp"))
+    # every row of a bucket in one partition, each partition's buckets sorted and paired in numpy
+    parts = max(df.sparkSession.sparkContext.defaultParallelism,
+                -(-n_img * dd.keypoints * dd.tables // ROWS_PER_PARTITION))
+    (rows.repartition(parts, "key").mapInPandas(bucket_pairs_partition(dd.bucket_cap), BUCKET_PAIRS_DDL)
+     .write.parquet(f"{work}/pair_rows"))
+    pair_rows = df.sparkSession.read.parquet(f"{work}/pair_rows")
+    agg = {n: (F.max if n == "max_bucket_images" else F.sum)(F.when(F.col("kp") == -1 - i, F.col("ia"))).alias(n)
+           for i, n in enumerate(STAT_NAMES)}
+    stats.update({k: int(v or 0) for k, v in pair_rows.where("kp < 0").agg(*agg.values()).first().asDict().items()})
+    stats["buckets_partitions"] = parts
     stats["seconds_buckets"] = round(time.time() - t0, 2)
 
     t0 = time.time()
-    kept = df.sparkSession.read.parquet(f"{work}/buckets").where(F.col("members").isNotNull())
-    x = kept.select("key", F.explode("members").alias("x"), "members")
-    pair_rows = (x.select("x", F.explode("members").alias("y")).where(F.col("x.iid") < F.col("y.iid"))
-                 .select(F.col("x.iid").alias("ia"), F.col("y.iid").alias("ib"), F.col("x.kp").alias("kp")))
     obs = Observation("dedup_pairs")
-    pairs = (pair_rows.groupBy("ia", "ib").agg(F.countDistinct("kp").alias("shared"), F.count("*").alias("rows"))
+    pairs = (pair_rows.where("kp >= 0").groupBy("ia", "ib")
+             .agg(F.countDistinct("kp").alias("shared"), F.count("*").alias("rows"))
              .observe(obs, F.count(F.lit(1)).alias("pairs_sharing_a_bucket"), F.sum("rows").alias("pair_rows")))
     pairs.where(F.col("shared") >= dd.min_shared).select("ia", "ib", "shared").write.parquet(f"{work}/candidates")
     stats.update({k: int(v or 0) for k, v in obs.get.items()})

@@ -236,3 +236,25 @@ def make_verify_udf(params):
         return verify_batch([ia, ha, wa, xya, da, ib, hb, wb, xyb, db], params)
 
     return verify_pairs
+
+
+#: mapInPandas output of :func:`bucket_pairs_partition`: pair rows (kp >= 0) and, per partition, one
+#: statistics row per cxrspark.ingest.buckets.STAT_NAMES entry (kp = -1 - its index, the value in ia)
+BUCKET_PAIRS_DDL = "ia long, ib long, kp long"
+
+
+def bucket_pairs_partition(cap: int):
+    """A mapInPandas function: one partition of (key, iid, kp) rows -> its pair rows + statistics rows."""
+    from cxrspark.ingest.buckets import STAT_NAMES, bucket_pairs
+
+    def run(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        parts = list(batches)  # every row of a bucket is in this partition: it must be seen whole
+        rows = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame({"key": [], "iid": [], "kp": []})
+        ia, ib, kp, stats = bucket_pairs(rows["key"].to_numpy(), rows["iid"].to_numpy(), rows["kp"].to_numpy(), cap)
+        del rows, parts
+        for s in range(0, len(ia), 1_000_000):
+            yield pd.DataFrame({"ia": ia[s:s + 1_000_000], "ib": ib[s:s + 1_000_000], "kp": kp[s:s + 1_000_000]})
+        yield pd.DataFrame({"ia": np.array([stats[n] for n in STAT_NAMES], np.int64), "ib": 0,
+                            "kp": -1 - np.arange(len(STAT_NAMES), dtype=np.int64)})
+
+    return run
