@@ -13,7 +13,10 @@ planted copies and the wall time of the whole call, forced by writing its result
 work folder. The input DataFrame is written to Parquet and read back first, so generating it is not
 timed; a small untimed run warms the JVM up first. At the end, the least-squares slope of log(y) against
 log(N) for the candidates, the chance candidates, the pair rows and the seconds: the goal is that none
-grows faster than about N^1.2 (an all-pairs search grows as N^2).
+grows faster than about N^1.2 (an all-pairs search grows as N^2). For N up to --single-max the same
+search also runs in this process on one core (``cxrspark.ingest.buckets.bucket_pairs`` and
+``pair_counts`` over all rows): it must give the same candidates, and its time over (Spark's time x cores) is
+the Spark stage's per-core speed relative to one process.
 
 Why synthetic images, and why built this way: SIFT costs about 55 ms per image here, too slow for 10^5
 images, and the real data set has only 1,928 images. The dedup stage only sees the bucket keys of the
@@ -252,8 +255,39 @@ def measure(spark, n: int, pool, counts, dd: DedupConfig, args, root: Path, mem:
     common = [np.intersect1d(sources[r["a"]], sources[r["b"]]).size
               for r in chance.select("a", "b").limit(100_000).collect()]
     res["chance_reused"] = sum(c >= dd.min_shared for c in common)
+    if n <= args.single_max:
+        res["single_seconds"], single = single_process(d / "images", dd)
+        res["single_same"] = single == {(r["a"], r["b"]): r["shared"] for r in got.collect()}
     shutil.rmtree(d, ignore_errors=True)
     return res
+
+
+def single_process(images: Path, dd: DedupConfig) -> tuple[float, dict]:
+    """The same search in this process on one core: ``bucket_pairs`` then ``pair_counts`` over all rows.
+
+    The baseline of the Spark stage's per-core speed (Spark's threads do the same numpy work per partition
+    plus the shuffles); returns (seconds, {(a, b): shared}) for the candidates.
+    """
+    import pyarrow.parquet as pq
+
+    from cxrspark.ingest.buckets import bucket_pairs, pair_counts
+
+    t0 = time.perf_counter()
+    t = pq.read_table(str(images))
+    ids = np.asarray(t.column("record_id").to_pylist(), dtype=object)
+    lists = t.column("kp_keys").combine_chunks()
+    key = lists.flatten().to_numpy()
+    lens = np.diff(lists.offsets.to_numpy())
+    img = np.repeat(np.arange(len(ids), dtype=np.int64), lens)
+    kp = np.concatenate([np.arange(m, dtype=np.int64) // dd.tables for m in lens]) if len(lens) else img
+    *pair_rows, _ = bucket_pairs(key, img, kp, dd.bucket_cap)
+    ia, ib, shared, _ = pair_counts(*pair_rows)
+    keep = shared >= dd.min_shared
+    out = {}
+    for a, b, v in zip(ia[keep], ib[keep], shared[keep]):
+        x, y = ids[a], ids[b]
+        out[(x, y) if x < y else (y, x)] = int(v)
+    return time.perf_counter() - t0, out
 
 
 def slope(ns: list[int], ys: list[float]) -> float:
@@ -280,6 +314,8 @@ def main() -> int:
     ap.add_argument("--copy-keep", type=float, default=0.7, help="fraction of its original's keypoints a copy keeps")
     ap.add_argument("--copy-noise", type=float, default=0.02, help="sigma of the noise on a copy's descriptors")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--single-max", type=int, default=30000,
+                    help="largest N also searched by the same code in this process (the per-core baseline)")
     ap.add_argument("--cores", type=int, default=2, help="Spark local[cores]")
     ap.add_argument("--shuffle-partitions", type=int, default=8)
     ap.add_argument("--driver-memory", default="4g", help="spark.driver.memory (local mode: all of Spark)")
@@ -342,6 +378,14 @@ def main() -> int:
               f"| {r['planted_shared']} | {r['max_shared_chance']} | {r['chance_reused']} | {old} | {rss} |")
     if mem:
         print(f"\nJVM max heap: {mem.max_heap / 2**20:.0f} MiB")
+    single = [r for r in rows if "single_seconds" in r]
+    if single:
+        print(f"\n| N | Spark local[{args.cores}] s | one process, one core s | same candidates "
+              f"| Spark per-core speed vs one process |")
+        print("| ---: | ---: | ---: | :---: | ---: |")
+        for r in single:
+            print(f"| {r['n']} | {r['seconds']:.1f} | {r['single_seconds']:.1f} | {r['single_same']} "
+                  f"| {r['single_seconds'] / (r['seconds'] * args.cores):.2f}x |")
     ns = [r["n"] for r in rows]
     g = {name: slope(ns, [r[key] for r in rows]) for name, key in
          (("candidates", "candidates"), ("chance candidates", "chance"), ("pair rows", "pair_rows"),

@@ -16,7 +16,7 @@ from cxrspark.config import load_config
 from cxrspark.images.copymatch import verify
 from cxrspark.images.decode import decode_image
 from cxrspark.images.keypoints import KeypointParams, TABLE_SHIFT, describe, lsh_digest, trim_flat_borders
-from cxrspark.ingest.buckets import ROWS_PER_IMAGE, bucket_pairs
+from cxrspark.ingest.buckets import ROWS_PER_IMAGE, bucket_pairs, pair_counts
 from cxrspark.ingest.groups import strict_groups
 from cxrspark.sample import textured_cxr
 
@@ -80,7 +80,7 @@ def _pairs_by_brute_force(key, iid, kp, cap):
         for x in at:
             for y in at:
                 if iid[x] < iid[y]:
-                    out.append((int(iid[x]), int(iid[y]), int(kp[x])))
+                    out.append((int(iid[x]), int(iid[y]), int(kp[x]), int(kp[y])))
     return sorted(out)
 
 
@@ -94,17 +94,31 @@ def test_bucket_pairs_are_every_pair_of_rows_of_two_images_in_a_bucket_under_the
     iid[300:340] = iid[300]
     kp = rng.integers(0, 300, n)
     cap = 5
-    ia, ib, k, stats = bucket_pairs(key, iid, kp, cap)
-    assert sorted(zip(ia.tolist(), ib.tolist(), k.tolist())) == _pairs_by_brute_force(key, iid, kp, cap)
-    assert (ia < ib).all()
+    *rows, stats = bucket_pairs(key, iid, kp, cap)
+    got = sorted(zip(*[r.tolist() for r in rows]))
+    assert got == _pairs_by_brute_force(key, iid, kp, cap)
+    assert (rows[0] < rows[1]).all() and stats["pair_rows"] == len(got)
     assert stats["keypoint_rows"] == n and stats["buckets"] == len(set(key.tolist()))
     assert stats["over_cap_buckets"] >= 2 and stats["max_bucket_images"] > cap
     assert stats["over_cap_rows"] >= 340
     # the order of the rows does not matter
     p = rng.permutation(n)
     again = bucket_pairs(key[p], iid[p], kp[p], cap)
-    assert sorted(zip(*[a.tolist() for a in again[:3]])) == sorted(zip(ia.tolist(), ib.tolist(), k.tolist()))
-    assert bucket_pairs(key[:0], iid[:0], kp[:0], cap)[3]["buckets"] == 0
+    assert sorted(zip(*[a.tolist() for a in again[:4]])) == got
+    assert bucket_pairs(key[:0], iid[:0], kp[:0], cap)[4]["buckets"] == 0
+
+
+def test_shared_keypoints_of_a_pair_are_the_fewer_distinct_keypoints_of_either_image():
+    # pair (1, 2): keypoint 5 of image 1 meets keypoints 7 and 8 of image 2 (two tables), 6 meets 7
+    # -> image 1 has 2 distinct keypoints in the rows, image 2 has 2 -> 2; pair (1, 3): 1 row -> 1
+    ia = np.array([1, 1, 1, 1, 1]); ib = np.array([2, 2, 2, 3, 2])
+    ka = np.array([5, 5, 6, 9, 5]); kb = np.array([7, 8, 7, 4, 7])
+    p = np.array([4, 2, 0, 3, 1])  # any order
+    a, b, shared, rows = pair_counts(ia[p], ib[p], ka[p], kb[p])
+    assert dict(zip(zip(a.tolist(), b.tolist()), zip(shared.tolist(), rows.tolist()))) == {(1, 2): (2, 4), (1, 3): (1, 1)}
+    # one keypoint of a meeting many keypoints of b is one shared keypoint, not many
+    a, b, shared, rows = pair_counts(np.ones(6, int), np.full(6, 2), np.zeros(6, int), np.arange(6))
+    assert shared.tolist() == [1] and rows.tolist() == [6]
 
 
 def test_flat_borders_are_trimmed():

@@ -9,8 +9,9 @@
      whole in one partition; there, cxrspark.ingest.buckets sorts them (numpy, in a ``mapInPandas``),
      skips buckets of one image and buckets over ``bucket_cap`` images (generic anatomy), and emits
      every pair of a kept bucket's images (at most cap^2/2 pair rows per bucket: no join);
-  2. *candidates*: ``groupBy(a, b)`` counts the distinct keypoints of ``a`` that share a bucket with
-     ``b``; pairs with at least ``min_shared`` are candidates;
+  2. *candidates*: the pair rows hash-partitioned by pair; per pair the shared keypoints (the fewer of
+     the distinct keypoints of either image in its rows, numpy again); pairs with at least
+     ``min_shared`` are candidates;
   3. *verification* (a pandas UDF over cxrspark.images.copymatch): a RANSAC similarity fit of the
      matched keypoints, then the high-pass detail correlation of the aligned images;
   4. *groups* without chaining (cxrspark.ingest.groups.strict_groups): in each connected component of
@@ -27,7 +28,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
-from pyspark.sql import DataFrame, Observation, SparkSession
+from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from cxrspark.config import DedupConfig
@@ -36,7 +37,8 @@ from cxrspark.images.hashing import hamming
 from cxrspark.images.keypoints import KeypointParams, lsh_digest
 from cxrspark.ingest.groups import connected_components, strict_groups
 from cxrspark.ingest.buckets import STAT_NAMES
-from cxrspark.spark.udfs import BUCKET_PAIRS_DDL, VERDICT_DDL, bucket_pairs_partition, make_verify_udf
+from cxrspark.spark.udfs import (BUCKET_PAIRS_DDL, PAIR_COUNTS_DDL, VERDICT_DDL, bucket_pairs_partition,
+                                 make_verify_udf, pair_counts_partition)
 
 #: the method's version: part of the dataset hash together with the projection digest and the settings
 DEDUP_VERSION = "keypoints-rootsift-simhash-ransac-detail/1"
@@ -46,6 +48,8 @@ KEEP_RULE = ("keep the member with the most original pixels (orig_height*orig_wi
 KP_COLUMNS = ("kp_image", "kp_height", "kp_width", "kp_xy", "kp_desc")
 #: keypoint rows per partition of the bucket step (an upper bound: images x keypoints x tables)
 ROWS_PER_PARTITION = 1_000_000
+#: Arrow batch size of the bucket step's (key, image, keypoint) rows
+BUCKET_ROWS_PER_BATCH = 100_000
 VERDICT_COLUMNS = tuple(c.split()[0] for c in VERDICT_DDL.split(", "))
 
 
@@ -78,7 +82,7 @@ def exact_edges(df: DataFrame) -> DataFrame:
 def candidate_pairs(df: DataFrame, dd: DedupConfig, work: str, stats: dict) -> DataFrame:
     """Candidate pairs (a < b by record_id) with ``shared`` keypoints; ``df`` has record_id and kp_keys.
 
-    Writes the pair rows and the candidates under ``work`` (both are read twice) and fills ``stats``.
+    Writes the pair rows and the pairs under ``work`` (both are read twice) and fills ``stats``.
     """
     t0 = time.time()
     ids = df.select("record_id", F.xxhash64("record_id").alias("iid"), "kp_keys")
@@ -88,26 +92,34 @@ def candidate_pairs(df: DataFrame, dd: DedupConfig, work: str, stats: dict) -> D
     rows = ids.select("iid", F.posexplode("kp_keys").alias("pos", "key")).select(
         "key", "iid", (F.col("pos") / dd.tables).cast("long").alias("kp"))
     # every row of a bucket in one partition, each partition's buckets sorted and paired in numpy
-    parts = max(df.sparkSession.sparkContext.defaultParallelism,
-                -(-n_img * dd.keypoints * dd.tables // ROWS_PER_PARTITION))
-    (rows.repartition(parts, "key").mapInPandas(bucket_pairs_partition(dd.bucket_cap), BUCKET_PAIRS_DDL)
-     .write.parquet(f"{work}/pair_rows"))
-    pair_rows = df.sparkSession.read.parquet(f"{work}/pair_rows")
-    agg = {n: (F.max if n == "max_bucket_images" else F.sum)(F.when(F.col("kp") == -1 - i, F.col("ia"))).alias(n)
-           for i, n in enumerate(STAT_NAMES)}
-    stats.update({k: int(v or 0) for k, v in pair_rows.where("kp < 0").agg(*agg.values()).first().asDict().items()})
-    stats["buckets_partitions"] = parts
-    stats["seconds_buckets"] = round(time.time() - t0, 2)
+    spark = df.sparkSession
+    cores = spark.sparkContext.defaultParallelism
+    parts = max(cores, -(-n_img * dd.keypoints * dd.tables // ROWS_PER_PARTITION))
+    # these rows are 32 bytes, not images: Arrow batches of 64 rows (the session's setting) would cost
+    # more in per-batch overhead than the numpy work
+    batch = spark.conf.get("spark.sql.execution.arrow.maxRecordsPerBatch")
+    spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(BUCKET_ROWS_PER_BATCH))
+    try:
+        (rows.repartition(parts, "key").mapInPandas(bucket_pairs_partition(dd.bucket_cap), BUCKET_PAIRS_DDL)
+         .write.parquet(f"{work}/pair_rows"))
+        pair_rows = spark.read.parquet(f"{work}/pair_rows")
+        agg = [(F.max if n == "max_bucket_images" else F.sum)(F.when(F.col("ka") == -1 - i, F.col("ia"))).alias(n)
+               for i, n in enumerate(STAT_NAMES)]
+        stats.update({k: int(v or 0) for k, v in pair_rows.where("ka < 0").agg(*agg).first().asDict().items()})
+        stats["seconds_buckets"] = round(time.time() - t0, 2)
 
-    t0 = time.time()
-    obs = Observation("dedup_pairs")
-    pairs = (pair_rows.where("kp >= 0").groupBy("ia", "ib")
-             .agg(F.countDistinct("kp").alias("shared"), F.count("*").alias("rows"))
-             .observe(obs, F.count(F.lit(1)).alias("pairs_sharing_a_bucket"), F.sum("rows").alias("pair_rows")))
-    pairs.where(F.col("shared") >= dd.min_shared).select("ia", "ib", "shared").write.parquet(f"{work}/candidates")
-    stats.update({k: int(v or 0) for k, v in obs.get.items()})
+        t0 = time.time()
+        # every row of a pair in one partition; its shared keypoints counted there (numpy)
+        pair_parts = max(cores, -(-stats["pair_rows"] // ROWS_PER_PARTITION))
+        (pair_rows.where("ka >= 0").repartition(pair_parts, "ia", "ib")
+         .mapInPandas(pair_counts_partition(dd.min_shared), PAIR_COUNTS_DDL).write.parquet(f"{work}/pairs"))
+    finally:
+        spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", batch)
+    pairs = spark.read.parquet(f"{work}/pairs")
+    st = pairs.where("shared < 0").agg(F.sum("ia").alias("pairs_sharing_a_bucket")).first()
+    stats["pairs_sharing_a_bucket"] = int(st["pairs_sharing_a_bucket"] or 0)
     # back to record ids, a < b
-    cand = df.sparkSession.read.parquet(f"{work}/candidates")
+    cand = pairs.where("shared >= 0").select("ia", "ib", "shared")
     name = ids.select("iid", "record_id")
     na, nb = name.alias("na"), name.alias("nb")
     out = (cand.join(na, F.col("ia") == F.col("na.iid")).join(nb, F.col("ib") == F.col("nb.iid"))

@@ -238,9 +238,24 @@ def make_verify_udf(params):
     return verify_pairs
 
 
-#: mapInPandas output of :func:`bucket_pairs_partition`: pair rows (kp >= 0) and, per partition, one
-#: statistics row per cxrspark.ingest.buckets.STAT_NAMES entry (kp = -1 - its index, the value in ia)
-BUCKET_PAIRS_DDL = "ia long, ib long, kp long"
+#: mapInPandas output of :func:`bucket_pairs_partition`: pair rows (ka >= 0) and, per partition, one
+#: statistics row per cxrspark.ingest.buckets.STAT_NAMES entry (ka = -1 - its index, the value in ia)
+BUCKET_PAIRS_DDL = "ia long, ib long, ka long, kb long"
+#: mapInPandas output of :func:`pair_counts_partition`: candidate pairs (shared >= 1) and, per partition,
+#: one statistics row (shared = -1, ia = the distinct pairs, ib = their pair rows)
+PAIR_COUNTS_DDL = "ia long, ib long, shared long, rows long"
+_ROWS_OUT = 1_000_000
+
+
+def _whole_partition(batches: Iterator[pd.DataFrame], columns: list[str]) -> pd.DataFrame:
+    parts = list(batches)
+    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame({c: np.zeros(0, np.int64) for c in columns})
+
+
+def _chunks(**cols: np.ndarray) -> Iterator[pd.DataFrame]:
+    n = len(next(iter(cols.values())))
+    for s in range(0, n, _ROWS_OUT):
+        yield pd.DataFrame({k: v[s:s + _ROWS_OUT] for k, v in cols.items()})
 
 
 def bucket_pairs_partition(cap: int):
@@ -248,13 +263,27 @@ def bucket_pairs_partition(cap: int):
     from cxrspark.ingest.buckets import STAT_NAMES, bucket_pairs
 
     def run(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
-        parts = list(batches)  # every row of a bucket is in this partition: it must be seen whole
-        rows = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame({"key": [], "iid": [], "kp": []})
-        ia, ib, kp, stats = bucket_pairs(rows["key"].to_numpy(), rows["iid"].to_numpy(), rows["kp"].to_numpy(), cap)
-        del rows, parts
-        for s in range(0, len(ia), 1_000_000):
-            yield pd.DataFrame({"ia": ia[s:s + 1_000_000], "ib": ib[s:s + 1_000_000], "kp": kp[s:s + 1_000_000]})
+        rows = _whole_partition(batches, ["key", "iid", "kp"])  # a bucket's rows are all in this partition
+        ia, ib, ka, kb, stats = bucket_pairs(rows["key"].to_numpy(), rows["iid"].to_numpy(),
+                                             rows["kp"].to_numpy(), cap)
+        del rows
+        yield from _chunks(ia=ia, ib=ib, ka=ka, kb=kb)
         yield pd.DataFrame({"ia": np.array([stats[n] for n in STAT_NAMES], np.int64), "ib": 0,
-                            "kp": -1 - np.arange(len(STAT_NAMES), dtype=np.int64)})
+                            "ka": -1 - np.arange(len(STAT_NAMES), dtype=np.int64), "kb": 0})
+
+    return run
+
+
+def pair_counts_partition(min_shared: int):
+    """A mapInPandas function: one partition of pair rows (all rows of its pairs) -> candidates + stats."""
+    from cxrspark.ingest.buckets import pair_counts
+
+    def run(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        rows = _whole_partition(batches, ["ia", "ib", "ka", "kb"])
+        ia, ib, shared, n = pair_counts(*(rows[c].to_numpy() for c in ("ia", "ib", "ka", "kb")))
+        del rows
+        keep = shared >= min_shared
+        yield from _chunks(ia=ia[keep], ib=ib[keep], shared=shared[keep], rows=n[keep])
+        yield pd.DataFrame({"ia": [len(ia)], "ib": [int(n.sum())], "shared": [-1], "rows": [0]})
 
     return run
