@@ -274,7 +274,7 @@ def test_seed_cnn_learns_on_real_data(real_dataset, tmp_path):
     from cxrspark.train.models import build_model
 
     train_out = tmp_path / "train"
-    _probe(tmp_path / "res", f"train.dataset={real_dataset}", f"train.output={train_out}", "train.epochs=4",
+    _probe(tmp_path / "res", f"train.dataset={real_dataset}", f"train.output={train_out}", "train.epochs=8",
            "train.steps_per_epoch=25", "train.batch_size=32", "train.input_size=64", "train.augment.preset=none",
            "train.label_smoothing=0", "train.schedule.warmup_epochs=0")
     result = json.loads((tmp_path / "res/rank0.json").read_text())
