@@ -50,7 +50,13 @@ def preprocessing_config(cfg: Config, train_dataset: Path | None) -> tuple[Confi
     """The config whose ``ingest`` section prepares raw files: the training dataset's, when known."""
     if train_dataset is not None:
         recorded = json.loads((train_dataset / "summary.json").read_text())["config"]["ingest"]
-        return config_from_dict({**to_dict(cfg), "ingest": recorded}), str(train_dataset)
+        # the dedup settings of a dataset written by an earlier version may no longer parse; only the
+        # working size matters here (JPEG draft), and it is kept where it is recorded
+        dedup = to_dict(cfg)["ingest"]["dedup"]
+        old = recorded.get("dedup") or {}
+        dedup.update({"near": bool(old.get("near")), "work_size": old["work_size"]} if "work_size" in old
+                     else {"near": False})  # before keypoints, JPEG drafts did not depend on dedup
+        return config_from_dict({**to_dict(cfg), "ingest": {**recorded, "dedup": dedup}}), str(train_dataset)
     return cfg, "config ingest section"
 
 
@@ -93,7 +99,7 @@ def _folder_frame(spark: SparkSession, root: Path, pattern: str, prep: Config) -
         raise PredictError(f"no files match {pattern!r} under {root}")
     rows = [(str(p.relative_to(root)), str(p)) for p in files]
     df = spark.createDataFrame(rows, "record_id string, path string")
-    df = segment(decode(spark, df, prep), prep)
+    df = segment(decode(spark, df, prep, keypoints=False), prep)
     return df.select("record_id", "path", F.lit(None).cast("string").alias("source"),
                      F.lit(None).cast("string").alias("patient_key"), F.lit(None).cast("string").alias("split"),
                      F.lit(None).cast("string").alias("label"), "image", "height", "decode_error"), len(files)

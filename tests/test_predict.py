@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 
 from cxrspark.config import load_config
-from cxrspark.predict import column_name, list_files, preprocessing_differences, run_predict
+from cxrspark.predict import column_name, list_files, preprocessing_config, preprocessing_differences, run_predict
 
 REPO = Path(__file__).resolve().parents[1]
 CLASSES = ["COVID-19", "Normal", "Pneumonia"]
@@ -183,3 +183,24 @@ def test_preprocessing_differences_name_the_settings_that_change_the_stored_imag
     assert preprocessing_differences(other, train) == ["contrast: 'clahe' here, 'none' in training",
                                                        "lungs.stored_image: 'lung_crop' here, 'full' in training"]
     assert preprocessing_differences(other, None) == []
+
+
+def test_a_training_dataset_of_an_earlier_version_still_gives_its_preprocessing(tmp_path):
+    """Its dedup section (pHash keys that no longer exist) must not stop prediction; its image settings
+    are used, and JPEGs are drafted as that ingest drafted them."""
+    cfg = _cfg(tmp_path)
+    from cxrspark.config import to_dict
+
+    recorded = to_dict(cfg)["ingest"]
+    old = {**recorded, "image_size": 96, "contrast": "clahe",
+           "dedup": {"near": True, "phash_threshold": 8, "min_correlation": 0.95}}
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "summary.json").write_text(json.dumps({"config": {"ingest": old}}))
+    prep, where = preprocessing_config(cfg, tmp_path / "old")
+    assert (prep.ingest.image_size, prep.ingest.contrast, where) == (96, "clahe", str(tmp_path / "old"))
+    assert prep.ingest.dedup.near is False  # that version's JPEG drafts did not depend on the keypoints
+    new = {**recorded, "dedup": {**recorded["dedup"], "work_size": 384}}
+    (tmp_path / "new").mkdir()
+    (tmp_path / "new" / "summary.json").write_text(json.dumps({"config": {"ingest": new}}))
+    prep, _ = preprocessing_config(cfg, tmp_path / "new")
+    assert prep.ingest.dedup.near is True and prep.ingest.dedup.work_size == 384

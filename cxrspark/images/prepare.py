@@ -31,16 +31,18 @@ class Prepared:
 
 def prepare(data: bytes, *, size: int, resize_mode: str = "pad", contrast: str = "none",
             max_pixels: int = 50_000_000, min_side: int = 1, jpeg_draft: bool = True,
-            keypoints: KeypointParams | None = None) -> Prepared:
+            keypoints: KeypointParams | None = None, draft_min: int = 0) -> Prepared:
     """Decode, hash, apply contrast and resize one image; raises DecodeError as `decode_image` does.
 
     With `jpeg_draft`, JPEGs are decoded at a DCT scale of at least 2*size per side, and at least the
-    keypoints' working size (fast, and still enough resolution for the final resize and for the
-    near-duplicate detail); the hashes then describe those drafted pixels.
+    keypoints' working size and ``draft_min`` (fast, and still enough resolution for the final resize
+    and for the near-duplicate detail); the hashes then describe those drafted pixels. Prediction passes
+    the training ingest's ``draft_min`` without ``keypoints``, so its images are drafted the same way.
     With ``keypoints``, the near-duplicate descriptors of :func:`cxrspark.images.keypoints.describe`.
     """
     decoded = decode_image(data, max_pixels=max_pixels, min_side=min_side,
-                           draft_size=max(2 * size, keypoints.work_size if keypoints else 0) if jpeg_draft else None)
+                           draft_size=max(2 * size, keypoints.work_size if keypoints else 0, draft_min)
+                           if jpeg_draft else None)
     pixels = decoded.pixels
     return Prepared(
         image=resize(apply_contrast(pixels, contrast), size, resize_mode),

@@ -76,12 +76,16 @@ def metadata_outcome(cfg: Config) -> tuple[Column, Column]:
 
 
 # ---- 3. decode, hash, keypoints, contrast, resize (the pandas UDF) -------------------------------------------
-def decode(spark: SparkSession, df: DataFrame, cfg: Config) -> DataFrame:
+def decode(spark: SparkSession, df: DataFrame, cfg: Config, keypoints: bool = True) -> DataFrame:
+    """Decoded rows (DECODED_DDL); ``keypoints=False`` (prediction) leaves the near-duplicate columns null
+    but drafts JPEGs as an ingest with this config would."""
     ing = cfg.ingest
+    near = ing.dedup.near
     udf = make_prepare_udf(size=ing.image_size, resize_mode=ing.resize_mode, contrast=ing.contrast,
                            max_pixels=ing.max_pixels, min_side=ing.min_side,
                            max_file_bytes=ing.max_file_mb * 2**20, jpeg_draft=ing.jpeg_draft,
-                           keypoints=keypoint_params(ing.dedup) if ing.dedup.near else None)
+                           keypoints=keypoint_params(ing.dedup) if near and keypoints else None,
+                           draft_min=ing.dedup.work_size if near else 0)
     # enough tasks to keep every core busy; the decode cost per row dwarfs the task overhead
     parts = spark.sparkContext.defaultParallelism * 4
     return (df.repartition(parts, "record_id")

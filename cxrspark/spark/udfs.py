@@ -22,7 +22,7 @@ from cxrspark.schema import DECODED_DDL, PREDICTED_DDL, SEGMENTED_DDL
 
 
 def prepare_one(path: str, *, size: int, resize_mode: str, contrast: str, max_pixels: int,
-                max_file_bytes: int, jpeg_draft: bool, min_side: int = 1, keypoints=None) -> dict:
+                max_file_bytes: int, jpeg_draft: bool, min_side: int = 1, keypoints=None, draft_min: int = 0) -> dict:
     """Read one file and prepare it; every failure becomes a decode_error (never an exception)."""
     from cxrspark.images import DecodeError, prepare
 
@@ -40,7 +40,8 @@ def prepare_one(path: str, *, size: int, resize_mode: str, contrast: str, max_pi
         return {**empty, "decode_error": f"unreadable_file: {exc}"}
     try:
         p = prepare(data, size=size, resize_mode=resize_mode, contrast=contrast,
-                    max_pixels=max_pixels, min_side=min_side, jpeg_draft=jpeg_draft, keypoints=keypoints)
+                    max_pixels=max_pixels, min_side=min_side, jpeg_draft=jpeg_draft, keypoints=keypoints,
+                    draft_min=draft_min)
     except DecodeError as exc:
         return {**empty, "decode_error": str(exc)}
     except Exception as exc:  # an unexpected decoder failure is still a per-row outcome
@@ -59,11 +60,12 @@ def prepare_one(path: str, *, size: int, resize_mode: str, contrast: str, max_pi
 
 
 def make_prepare_udf(*, size: int, resize_mode: str, contrast: str, max_pixels: int,
-                     max_file_bytes: int, jpeg_draft: bool, min_side: int = 1, keypoints=None):
+                     max_file_bytes: int, jpeg_draft: bool, min_side: int = 1, keypoints=None, draft_min: int = 0):
     """A pandas UDF: path column -> struct of DECODED_DDL (``keypoints``: a KeypointParams, or None
     to leave the near-duplicate columns null)."""
     opts = dict(size=size, resize_mode=resize_mode, contrast=contrast, max_pixels=max_pixels,
-                max_file_bytes=max_file_bytes, jpeg_draft=jpeg_draft, min_side=min_side, keypoints=keypoints)
+                max_file_bytes=max_file_bytes, jpeg_draft=jpeg_draft, min_side=min_side, keypoints=keypoints,
+                draft_min=draft_min)
 
     @pandas_udf(DECODED_DDL)
     def prepare_images(paths: pd.Series) -> pd.DataFrame:
