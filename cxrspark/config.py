@@ -72,7 +72,7 @@ class DedupConfig:
     tables: int = 8
     bits: int = 40
     #: a candidate pair shares at least this many keypoints in common buckets
-    min_shared: int = 3
+    min_shared: int = 4
     #: buckets holding more images than this are ignored (generic anatomy, not a copy)
     bucket_cap: int = 50
     verify: VerifyConfig = field(default_factory=VerifyConfig)
