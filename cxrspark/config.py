@@ -89,6 +89,20 @@ class SplitConfig:
 
 
 @dataclass
+class PartitionsConfig:
+    """How the ingest spreads its work; derived from the input size, so the same defaults serve 2 cores
+    and a cluster. They change how fast the ingest runs, never its result (not in the dataset hash)."""
+    #: images per decode task (about 10 s of work each): enough tasks for every core and a moving
+    #: progress line
+    decode_rows: int = 250
+    #: records per task of the per-file checks (existence, containment, file headers)
+    record_rows: int = 20_000
+    #: rows per shuffle partition of the per-image bookkeeping (ids, hashes, labels; no pixels):
+    #: spark.sql.shuffle.partitions is raised to input rows / this when that is more than it is set to
+    shuffle_rows: int = 20_000
+
+
+@dataclass
 class LungsConfig:
     """Lung segmentation in ingest (used when ``ingest.segmentation: unet``)."""
     #: the U-Net weights; None: the bundled, verified cxrspark/segmentation/lung_unet weights
@@ -139,6 +153,7 @@ class IngestConfig:
     lungs: LungsConfig = field(default_factory=LungsConfig)
     dedup: DedupConfig = field(default_factory=DedupConfig)
     split: SplitConfig = field(default_factory=SplitConfig)
+    partitions: PartitionsConfig = field(default_factory=PartitionsConfig)
 
 
 @dataclass
@@ -581,6 +596,9 @@ def _validate(cfg: Config) -> None:
     unknown = [c for c in ing.classes if c not in CLASSES]
     if unknown:
         raise ConfigError(f"'ingest.classes' has unknown classes {unknown}; known: {list(CLASSES)}")
+    pt = ing.partitions
+    if min(pt.decode_rows, pt.record_rows, pt.shuffle_rows) < 1:
+        raise ConfigError("'ingest.partitions': decode_rows, record_rows and shuffle_rows must be at least 1")
     lungs = ing.lungs
     if not (0.0 <= lungs.min_area < lungs.max_area <= 1.0 and 0.0 < lungs.threshold < 1.0
             and 0.0 <= lungs.crop_margin <= 1.0 and lungs.batch_size >= 1 and lungs.threads >= 1

@@ -36,7 +36,7 @@ def sample(tmp_path_factory) -> tuple[Path, dict]:
 @pytest.fixture(scope="module")
 def records(sample) -> dict[str, list[SourceRecord]]:
     _, manifest = sample
-    return {c["name"]: list(make_adapter(c["kind"], c["name"], c["root"], c["options"]).records())
+    return {c["name"]: list(make_adapter(c["kind"], c["name"], c["root"], c["options"]).checked_records())
             for c in sources_config(manifest)}
 
 

@@ -14,11 +14,11 @@ from cxrspark.sample import dicom_bytes, encode, synthetic_cxr, xlsx_bytes
 from cxrspark.schema import SourceRecord
 from cxrspark.sources import SourceAdapter, SourceError, adapter_kinds, make_adapter
 
-ALL_KINDS = ["actualmed", "cohen", "covid_radiography", "darkcovidnet", "figure1", "kermany", "mhh", "rsna"]
+ALL_KINDS = ["actualmed", "cohen", "covid_radiography", "darkcovidnet", "figure1", "kermany", "mhh", "nih", "rsna"]
 
 
 def read(kind: str, root: Path, name: str | None = None, **options) -> list[SourceRecord]:
-    return list(make_adapter(kind, name or kind, root, options).records())
+    return list(make_adapter(kind, name or kind, root, options).checked_records())
 
 
 def check_contract(records: list[SourceRecord], adapter: SourceAdapter | None = None) -> None:
@@ -398,7 +398,7 @@ def test_real_cohen(real_data):
 def test_real_figure1(real_data):
     adapter = make_adapter("figure1", "figure1", real_data / "figure1")
     assert adapter.options["encoding"] == "latin-1"
-    recs = list(adapter.records())
+    recs = list(adapter.checked_records())
     check_contract(recs)
     assert len(recs) == 8 and not any(r.error for r in recs)
     assert Counter(r.patient_key for r in recs)["figure1:COVID-00039"] == 3

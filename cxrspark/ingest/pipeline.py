@@ -14,7 +14,6 @@ import hashlib
 import json
 import shutil
 import time
-from collections import Counter
 from typing import Callable
 
 from pyspark.sql import DataFrame, SparkSession
@@ -22,15 +21,15 @@ from pyspark.sql import functions as F
 
 import cxrspark
 from cxrspark.config import Config, to_dict
-from cxrspark.ingest.dedup import KEEP_RULE, REPORT_DDL, find_duplicates, method_identity
+from cxrspark.ingest.dedup import KEEP_RULE, REPORT_DDL, DedupResult, find_duplicates, method_identity
 from cxrspark.ingest.groups import connected_components
 from cxrspark.ingest.output import AtomicDir, format_counts
-from cxrspark.ingest.split import assign_splits
-from cxrspark.ingest.stages import decode, metadata_outcome, output_files, read_sources, segment, to_frame
+from cxrspark.ingest.split import assign_unit_splits
+from cxrspark.ingest.stages import (decode, finish_records, metadata_outcome, output_files, segment,
+                                    write_records)
+from cxrspark.spark.progress import StageTracker
 from cxrspark.schema import (CURATED, CURATED_COLUMNS, DUPLICATE, FILTERED, OUTCOMES, QUARANTINED,
                              RECORD_COLUMNS)
-
-_MAPPING_DDL = "record_id string, outcome string, reason string, dup_group string, split_group string, split string"
 
 
 def run_ingest(spark: SparkSession, cfg: Config, log: Callable[[str], None] = print) -> dict:
@@ -57,52 +56,92 @@ def run_ingest(spark: SparkSession, cfg: Config, log: Callable[[str], None] = pr
 
 
 def _run(spark: SparkSession, cfg: Config, out: AtomicDir, log: Callable[[str], None]) -> dict:
+    shuffle = spark.conf.get("spark.sql.shuffle.partitions")
+    try:
+        return _stages(spark, cfg, out, log)
+    finally:
+        spark.conf.set("spark.sql.shuffle.partitions", shuffle)
+
+
+def _stages(spark: SparkSession, cfg: Config, out: AtomicDir, log: Callable[[str], None]) -> dict:
     ing = cfg.ingest
-    rows, source_problems = read_sources(cfg.sources)
-    n_input = len(rows)
+    track = StageTracker(spark.sparkContext, log)
+    with track.stage("sources"):
+        per_source, source_problems = write_records(cfg.sources, out.path("_work", "records"), log)
+    n_input = sum(per_source.values())
     log(f"ingest: {n_input} input rows from {len([s for s in cfg.sources if s.enabled])} sources")
     for problem in source_problems:
         log(f"ingest: WARNING source {problem['source']!r} could not be read: {problem['error']}")
+    # shuffles of per-image bookkeeping rows grow with the input; a cluster's setting may be higher
+    parts = max(int(spark.conf.get("spark.sql.shuffle.partitions")), -(-n_input // ing.partitions.shuffle_rows))
+    spark.conf.set("spark.sql.shuffle.partitions", str(parts))
+
+    with track.stage("file_checks", n_input, "records"):
+        (finish_records(spark, out.path("_work", "records"), cfg.sources, ing.partitions.record_rows)
+         .write.parquet(out.path("_work", "checked")))
     outcome, reason = metadata_outcome(cfg)
-    classified = to_frame(spark, rows).withColumn("outcome", outcome).withColumn("reason", reason)
+    classified = (spark.read.parquet(out.path("_work", "checked"))
+                  .withColumn("outcome", outcome).withColumn("reason", reason))
     early = classified.where(F.col("outcome").isNotNull()).withColumn("stage", F.lit("metadata"))
     pending = classified.where(F.col("outcome").isNull()).drop("outcome", "reason")
 
     # decode once; every later stage reads the stored result instead of decoding again
+    n_pending = pending.count()
     work = out.path("_work", "decoded")
-    segment(decode(spark, pending, cfg), cfg).write.parquet(work)
+    with track.stage("decode", n_pending, "images"):
+        segment(decode(spark, pending, cfg, rows=n_pending), cfg).write.parquet(work)
     decoded = spark.read.parquet(work)
     bad = decoded.where(F.col("decode_error").isNotNull())
     ok = decoded.where(F.col("decode_error").isNull())
 
-    dd = find_duplicates(spark, ok, ing.dedup, [s.name for s in cfg.sources], out.path("_work", "dedup"), log)
+    with track.stage("dedup"):
+        dd = find_duplicates(spark, ok, ing.dedup, [s.name for s in cfg.sources], out.path("_work", "dedup"), log)
     st = dd.stats
     log(f"dedup: {st['exact_pairs']} exact pairs, {st['candidate_pairs']} candidate pairs, "
         f"{st['verified_pairs']} verified near pairs, {st['groups']} groups")
-    dropped = {r["record_id"]: r for r in dd.report}
 
+    with track.stage("split"):
+        placed = _place(spark, ok, dd, ing.split.ratios, ing.split.seed)
+
+    with track.stage("write"):
+        _write(spark, out, ing, placed, early, bad, dd)
+
+    with track.stage("summary"):
+        summary = _summary(spark, cfg, out, n_input, dd)
+    shutil.rmtree(out.path("_work"), ignore_errors=True)
+    summary["source_problems"] = source_problems
+    summary["input_rows_per_source"] = dict(sorted(per_source.items()))
+    # run-specific, like the total "seconds": kept apart so two runs' summaries compare equal
+    summary["stage_seconds"] = {**track.seconds, **{f"dedup_{k[len('seconds_'):]}": v
+                                                    for k, v in dd.stats.items() if k.startswith("seconds_")}}
+    return summary
+
+
+def _place(spark: SparkSession, ok: DataFrame, dd: DedupResult, ratios: dict[str, float], seed: int) -> DataFrame:
+    """``ok`` + outcome, reason, dup_group, split_group and split, by joins with tables of the duplicate
+    groups' members and the linked patients; the driver assigns splits from per-unit image counts."""
+    rows = [(rid, QUARANTINED, why, None) for rid, why in dd.conflicts.items()]
+    rows += [(d["record_id"], DUPLICATE, f"{d['kind']}_duplicate: of {d['duplicate_of']}", d["dup_group"])
+             for d in dd.report]
+    dropped = {d["record_id"] for d in dd.report}
+    rows += [(rid, CURATED, None, group) for rid, (group, _) in dd.membership.items() if rid not in dropped]
+    dups = spark.createDataFrame(rows, "record_id string, outcome string, reason string, dup_group string")
     # patients linked by a duplicate group split as one unit
-    patient_group = connected_components(dd.patient_links)
-    meta = ok.select("record_id", "patient_key", "label").collect()
-    mapping, images = [], []
-    for r in meta:
-        rid = r["record_id"]
-        unit = patient_group.get(r["patient_key"], r["patient_key"])
-        if rid in dd.conflicts:
-            mapping.append((rid, QUARANTINED, dd.conflicts[rid], None, unit, None))
-        elif rid in dropped:
-            d = dropped[rid]
-            mapping.append((rid, DUPLICATE, f"{d['kind']}_duplicate: of {d['duplicate_of']}",
-                            d["dup_group"], unit, None))
-        else:
-            mapping.append((rid, CURATED, None, dd.membership.get(rid, (None,))[0], unit, None))
-            images.append((unit, r["label"]))
-    split_of = assign_splits(images, ing.split.ratios, ing.split.seed)
-    mapping = [(rid, o, why, g, unit, split_of.get(unit) if o == CURATED else None)
-               for rid, o, why, g, unit, _ in mapping]
-    placed = ok.join(spark.createDataFrame(mapping, _MAPPING_DDL), "record_id", "left")
+    units = spark.createDataFrame(sorted(connected_components(dd.patient_links).items()),
+                                  "patient_key string, unit string")
+    base = (ok.join(F.broadcast(dups), "record_id", "left").join(F.broadcast(units), "patient_key", "left")
+            .withColumn("outcome", F.coalesce("outcome", F.lit(CURATED)))
+            .withColumn("split_group", F.coalesce("unit", "patient_key")).drop("unit"))
+    curated = base.where(F.col("outcome") == CURATED)
+    counts = curated.groupBy("split_group", "label").count().collect()  # one row per unit and label
+    split_of = assign_unit_splits((((r["split_group"], r["label"]), r["count"]) for r in counts), ratios, seed)
+    splits = spark.createDataFrame(sorted(split_of.items()), "split_group string, _split string")
+    return (base.join(F.broadcast(splits), "split_group", "left")
+            .withColumn("split", F.when(F.col("outcome") == CURATED, F.col("_split"))).drop("_split"))
 
-    # ---- write ----
+
+def _write(spark: SparkSession, out: AtomicDir, ing, placed: DataFrame, early: DataFrame, bad: DataFrame,
+           dd: DedupResult) -> None:
     curated = (placed.where(F.col("outcome") == CURATED)
                .withColumn("label_index", _label_index(ing.classes))
                .select(*CURATED_COLUMNS))
@@ -128,7 +167,11 @@ def _run(spark: SparkSession, cfg: Config, out: AtomicDir, log: Callable[[str], 
     _write_table(spark.createDataFrame([tuple(r[c] for c in cols) for r in dd.report], REPORT_DDL),
                  out.path("duplicates"))
 
-    # ---- count what was WRITTEN, and reconcile ----
+
+def _summary(spark: SparkSession, cfg: Config, out: AtomicDir, n_input: int, dd: DedupResult) -> dict:
+    """Counts, reasons, the curated table and the dataset hash, from what was WRITTEN (Spark
+    aggregations; nothing per image reaches the driver), and the reconciliation with the input."""
+    ing = cfg.ingest
     read = {
         CURATED: spark.read.parquet(*[out.path("curated", s) for s in ing.split.ratios]),
         QUARANTINED: spark.read.parquet(out.path("quarantine")),
@@ -142,27 +185,23 @@ def _run(spark: SparkSession, cfg: Config, out: AtomicDir, log: Callable[[str], 
                       f"{counts[QUARANTINED]}" + (" (exact)" if total == n_input else f" MISMATCH: {total}"))
     if total != n_input:
         raise RuntimeError(reconciliation)
-    reasons = Counter()
-    for outcome_name in (QUARANTINED, FILTERED):
-        for r in read[outcome_name].select(F.substring_index("reason", ":", 1).alias("code")).collect():
-            reasons[f"{outcome_name}/{r['code']}"] += 1
-    for r in read[DUPLICATE].select("kind").collect():
-        reasons[f"{DUPLICATE}/{r['kind']}"] += 1
+    code = F.substring_index("reason", ":", 1)
+    parts = [read[o].select(F.concat(F.lit(f"{o}/"), code).alias("k")) for o in (QUARANTINED, FILTERED)]
+    parts.append(read[DUPLICATE].select(F.concat(F.lit(f"{DUPLICATE}/"), F.col("kind")).alias("k")))
+    reasons = {r["k"]: int(r["count"]) for r in parts[0].unionByName(parts[1]).unionByName(parts[2])
+               .groupBy("k").count().collect()}
     flagged = F.when(F.col("lung_mask_ok") == F.lit(False), 1).otherwise(0)
     table = [r.asDict() for r in read[CURATED].groupBy("source", "label", "split")
              .agg(F.count("*").alias("n"), F.sum(flagged).cast("long").alias("lung_flagged")).collect()]
-    fp_rows = sorted(f"{r['record_id']}|{r['pixel_sha256']}|{r['split']}|{r['label']}"
-                     for r in read[CURATED].select("record_id", "pixel_sha256", "split", "label").collect())
     config = to_dict(cfg)
     lungs = _lung_summary(read[CURATED], cfg)
     # the U-Net's weights change the stored images and masks: they are part of the dataset's identity;
-    # where the dataset is written is not
-    settings = {k: v for k, v in config["ingest"].items() if k != "output"}
+    # where the dataset is written and how the work was spread are not
+    settings = {k: v for k, v in config["ingest"].items() if k not in ("output", "partitions")}
     # so are the near-duplicate method's version and its projection matrices (they decide the groups)
-    dataset_hash = hashlib.sha256(("\n".join(fp_rows) + json.dumps(settings, sort_keys=True)
+    dataset_hash = hashlib.sha256((fingerprint(read[CURATED]) + json.dumps(settings, sort_keys=True)
                                    + lungs.get("weights_sha256", "")
                                    + json.dumps(method_identity(ing.dedup), sort_keys=True)).encode()).hexdigest()
-    shutil.rmtree(out.path("_work"), ignore_errors=True)
     return {
         "cxrspark_version": cxrspark.__version__,
         "input_rows": n_input,
@@ -174,13 +213,26 @@ def _run(spark: SparkSession, cfg: Config, out: AtomicDir, log: Callable[[str], 
         "classes": ing.classes,
         "dedup": {**{k: v for k, v in dd.stats.items() if not k.startswith("seconds_")},
                   "linked_patient_keys": len(dd.patient_links), "keep_rule": KEEP_RULE},
-        # run-specific, like the total "seconds": kept apart so two runs' summaries compare equal
-        "stage_seconds": {f"dedup_{k[len('seconds_'):]}": v for k, v in dd.stats.items() if k.startswith("seconds_")},
         "lungs": lungs,
-        "source_problems": source_problems,
         "dataset_hash": dataset_hash,
         "config": config,
     }
+
+
+#: the curated rows are hashed in this many buckets (by record_id) in the executors; the driver hashes
+#: the buckets' digests
+FINGERPRINT_BUCKETS = 1024
+
+
+def fingerprint(curated: DataFrame) -> str:
+    """SHA-256 over every curated row's record_id, pixel hash, split and label, independent of row and
+    partition order: each row's digest, sorted within its record_id bucket and hashed there, then the
+    buckets' digests in bucket order. The driver receives FINGERPRINT_BUCKETS digests, whatever the size."""
+    row = F.sha2(F.concat_ws("|", "record_id", "pixel_sha256", "split", "label"), 256)
+    buckets = (curated.select(F.pmod(F.xxhash64("record_id"), F.lit(FINGERPRINT_BUCKETS)).alias("b"), row.alias("h"))
+               .groupBy("b").agg(F.sha2(F.concat_ws("", F.array_sort(F.collect_list("h"))), 256).alias("d"))
+               .collect())
+    return hashlib.sha256("".join(r["d"] for r in sorted(buckets, key=lambda r: r["b"])).encode()).hexdigest()
 
 
 def _lung_summary(curated: DataFrame, cfg: Config) -> dict:
@@ -195,8 +247,8 @@ def _lung_summary(curated: DataFrame, cfg: Config) -> dict:
                         F.sum(F.when(~F.col("lung_mask_ok"), 1).otherwise(0)).alias("flagged"),
                         F.percentile_approx("lung_area_fraction", [0.01, 0.05, 0.5, 0.95, 0.99]).alias("q"),
                         ).first()
-    reasons = Counter(r["code"] for r in curated.where(~F.col("lung_mask_ok"))
-                      .select(F.substring_index("lung_qc", ":", 1).alias("code")).collect())
+    reasons = {r["code"]: int(r["count"]) for r in curated.where(~F.col("lung_mask_ok"))
+               .groupBy(F.substring_index("lung_qc", ":", 1).alias("code")).count().collect()}
     return {**out, "stored_image": ing.lungs.stored_image, "weights": str(weights),
             "weights_sha256": manifest["sha256"], "segmented": int(stats["segmented"]),
             "flagged": int(stats["flagged"] or 0), "reasons": dict(sorted(reasons.items())),

@@ -15,11 +15,18 @@ from collections.abc import Iterable
 
 def assign_splits(images: Iterable[tuple[str, str]], ratios: dict[str, float], seed: int) -> dict[str, str]:
     """images: (split_group, label) per curated image. Returns split_group -> split name."""
-    images = list(images)
-    totals = Counter(label for _, label in images)
+    return assign_unit_splits(Counter(images).items(), ratios, seed)
+
+
+def assign_unit_splits(counts: Iterable[tuple[tuple[str, str], int]], ratios: dict[str, float],
+                       seed: int) -> dict[str, str]:
+    """counts: ((split_group, label), number of curated images), one per unit and label: the per-unit
+    aggregate the ingest computes in Spark. Returns split_group -> split name."""
+    totals: Counter = Counter()
     unit_labels: dict[str, Counter] = {}
-    for unit, label in images:
-        unit_labels.setdefault(unit, Counter())[label] += 1
+    for (unit, label), n in counts:
+        totals[label] += n
+        unit_labels.setdefault(unit, Counter())[label] += n
     strata: dict[str, list[tuple[str, int]]] = {}
     for unit, labels in unit_labels.items():
         rarest = min(labels, key=lambda lab: (totals[lab], lab))

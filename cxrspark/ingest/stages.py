@@ -8,7 +8,12 @@ curated.
 from __future__ import annotations
 
 import math
+import os
+from collections.abc import Callable, Iterator
 
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
@@ -17,38 +22,92 @@ from cxrspark.ingest.dedup import keypoint_params
 from cxrspark.schema import (FILTERED, FRONTAL_VIEWS, LATERAL_VIEWS, QUARANTINED, RECORD_DDL,
                              SEGMENTED_DDL, UNKNOWN_VIEW, SourceRecord)
 from cxrspark.sources import SourceError, make_adapter
-from cxrspark.spark.udfs import make_prepare_udf, make_segment_udf
+from cxrspark.spark.udfs import make_prepare_udf, make_segment_udf, typed_frame
 
 
 # ---- 1. sources -> canonical rows ----------------------------------------------------------------
-def read_sources(sources: list[SourceConfig]) -> tuple[list[dict], list[dict]]:
-    """All enabled sources' rows (driver side: metadata only). A source that cannot be read at all
-    becomes one quarantined row, so it shows in the counts instead of vanishing."""
-    rows, problems = [], []
+#: record rows the driver holds at once while it streams the adapters into Parquet
+RECORD_CHUNK = 20_000
+
+
+def write_records(sources: list[SourceConfig], path: str, log: Callable[[str], None] = print,
+                  chunk: int = RECORD_CHUNK) -> tuple[dict[str, int], list[dict]]:
+    """Stream every enabled source's records into Parquet files under ``path``, ``chunk`` rows at a time
+    (the driver never holds a source's rows whole). Returns (rows per source, problems). A source that
+    cannot be read at all becomes one quarantined row, so it shows in the counts instead of vanishing;
+    the rows it yielded before the error are kept."""
+    os.makedirs(path, exist_ok=True)
+    cols = [c.split()[0] for c in RECORD_DDL.split(", ")]
+    schema = _arrow_schema()
+    per_source: dict[str, int] = {}
+    problems: list[dict] = []
+    buf: list[dict] = []
+    files = 0
+
+    def flush() -> None:
+        nonlocal buf, files
+        if buf:
+            table = pa.Table.from_pydict({c: [r[c] for r in buf] for c in cols}, schema=schema)
+            pq.write_table(table, os.path.join(path, f"part-{files:05d}.parquet"))
+            files += 1
+            buf = []
+
     for s in sources:
         if not s.enabled:
             continue
-        n_before = len(rows)
+        n = 0
         try:
             adapter = make_adapter(s.kind, s.name, s.root, s.options)
-            rows.extend(r.to_row() for r in adapter.records())
+            for rec in adapter.records():
+                buf.append(rec.to_row())
+                n += 1
+                if len(buf) >= chunk:
+                    flush()
         except (SourceError, OSError, ValueError, KeyError) as exc:
             reason = f"source_unreadable: {exc}"
-            problems.append({"source": s.name, "error": reason, "rows_read_before_error": len(rows) - n_before})
-            rows.append(SourceRecord(record_id=f"{s.name}:<source>", source=s.name, source_path=s.root,
-                                     path=None, label=None, finding="", patient_key=f"{s.name}:<source>",
-                                     error=reason).to_row())
-    ids = [r["record_id"] for r in rows]
-    if len(set(ids)) != len(ids):
-        dup = sorted({i for i in ids if ids.count(i) > 1})[:5]
-        raise RuntimeError(f"adapters produced non-unique record_ids, e.g. {dup}")
-    return rows, problems
+            problems.append({"source": s.name, "error": reason, "rows_read_before_error": n})
+            buf.append(SourceRecord(record_id=f"{s.name}:<source>", source=s.name, source_path=s.root,
+                                    path=None, label=None, finding="", patient_key=f"{s.name}:<source>",
+                                    error=reason).to_row())
+            n += 1
+        per_source[s.name] = n
+        log(f"ingest: source {s.name!r}: {n:,} rows")
+    flush()
+    if not files:  # no rows at all: an empty table of the right schema
+        pq.write_table(schema.empty_table(), os.path.join(path, "part-00000.parquet"))
+    return per_source, problems
 
 
-def to_frame(spark: SparkSession, rows: list[dict]) -> DataFrame:
-    cols = [c.split()[0] for c in RECORD_DDL.split(", ")]
-    n = max(1, min(len(rows) // 500 + 1, spark.sparkContext.defaultParallelism * 4))
-    return spark.createDataFrame([tuple(r[c] for c in cols) for r in rows], schema=RECORD_DDL).repartition(n)
+def _arrow_schema() -> pa.Schema:
+    types = {"string": pa.string(), "int": pa.int32()}
+    return pa.schema([(c, types[t]) for c, t in (x.split() for x in RECORD_DDL.split(", "))])
+
+
+def finish_records(spark: SparkSession, path: str, sources: list[SourceConfig], rows_per_task: int) -> DataFrame:
+    """The records under ``path`` with the per-file part of each (existence, containment, file headers:
+    :meth:`SourceAdapter.finish`) done in the executors; fails when two records share a record_id."""
+    adapters = {s.name: make_adapter(s.kind, s.name, s.root, s.options) for s in sources if s.enabled}
+    raw = spark.read.schema(RECORD_DDL).parquet(path)
+    n = raw.count()
+    clash = raw.groupBy("record_id").count().where("count > 1").limit(5).collect()
+    if clash:
+        raise RuntimeError(f"adapters produced non-unique record_ids, e.g. {sorted(r['record_id'] for r in clash)}")
+
+    def finish(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        for pdf in batches:
+            rows = []
+            for row in pdf.astype(object).where(pdf.notna(), None).to_dict("records"):
+                adapter = adapters.get(row["source"])
+                rows.append(adapter.finish(row) if adapter is not None else row)
+            yield typed_frame(rows, RECORD_DDL)
+
+    return raw.repartition(partitions_for(spark, n, rows_per_task)).mapInPandas(finish, RECORD_DDL)
+
+
+def partitions_for(spark: SparkSession, rows: int, rows_per_task: int) -> int:
+    """Tasks for a per-row stage: ``rows_per_task`` rows each, at least 2 per core (an even spread and a
+    progress line that moves)."""
+    return max(2 * spark.sparkContext.defaultParallelism, -(-rows // max(1, rows_per_task)))
 
 
 # ---- 2. metadata rules: quarantine bad rows, filter what is out of scope ---------------------------
@@ -76,7 +135,8 @@ def metadata_outcome(cfg: Config) -> tuple[Column, Column]:
 
 
 # ---- 3. decode, hash, keypoints, contrast, resize (the pandas UDF) -------------------------------------------
-def decode(spark: SparkSession, df: DataFrame, cfg: Config, keypoints: bool = True) -> DataFrame:
+def decode(spark: SparkSession, df: DataFrame, cfg: Config, keypoints: bool = True,
+           rows: int | None = None) -> DataFrame:
     """Decoded rows (DECODED_DDL); ``keypoints=False`` (prediction) leaves the near-duplicate columns null
     but drafts JPEGs as an ingest with this config would."""
     ing = cfg.ingest
@@ -86,8 +146,10 @@ def decode(spark: SparkSession, df: DataFrame, cfg: Config, keypoints: bool = Tr
                            max_file_bytes=ing.max_file_mb * 2**20, jpeg_draft=ing.jpeg_draft,
                            keypoints=keypoint_params(ing.dedup) if near and keypoints else None,
                            draft_min=ing.dedup.work_size if near else 0)
-    # enough tasks to keep every core busy; the decode cost per row dwarfs the task overhead
-    parts = spark.sparkContext.defaultParallelism * 4
+    # enough tasks to keep every core busy and to show progress (``rows``: the row count when known);
+    # the decode cost per row dwarfs the task overhead
+    parts = (partitions_for(spark, rows, ing.partitions.decode_rows) if rows is not None
+             else spark.sparkContext.defaultParallelism * 4)
     return (df.repartition(parts, "record_id")
             .withColumn("_d", udf(F.col("path")))
             .select("*", "_d.*").drop("_d"))

@@ -7,6 +7,6 @@ from __future__ import annotations
 from cxrspark.sources.base import SourceAdapter, SourceError, adapter_kinds, make_adapter, register
 
 # Importing the adapter modules fills the registry (each class is decorated with @register).
-from cxrspark.sources import cohen, folders, initiatives, mhh, rsna  # noqa: E402,F401  isort: skip
+from cxrspark.sources import cohen, folders, initiatives, mhh, nih, rsna  # noqa: E402,F401  isort: skip
 
 __all__ = ["SourceAdapter", "SourceError", "adapter_kinds", "make_adapter", "register"]

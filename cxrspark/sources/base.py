@@ -10,7 +10,9 @@ decorated with :func:`register`; then list it in ``conf/sources.yaml``.
 from __future__ import annotations
 
 import csv
+import gzip
 import io
+import json
 import os
 import re
 from abc import ABC, abstractmethod
@@ -22,6 +24,9 @@ from cxrspark.labels import normalise_finding
 from cxrspark.schema import FRONTAL_VIEWS, LATERAL_VIEWS, UNKNOWN_VIEW, SourceRecord
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".dcm", ".dicom")
+
+#: separates the candidate paths of :meth:`SourceAdapter.resolve_any` (a file path cannot hold a NUL)
+PATH_SEP = "\0"
 
 _REGISTRY: dict[str, type["SourceAdapter"]] = {}
 
@@ -83,22 +88,84 @@ class SourceAdapter(ABC):
             raise SourceError(f"source {self.name!r}: root folder {self.root} does not exist")
 
     def resolve(self, relative: str) -> tuple[str | None, str | None]:
-        """Resolve a file name from metadata against the root: (absolute path, error).
+        """The absolute path a file name from metadata names under the root: (path, error).
 
-        Refuses names that point outside the root (``../../etc/passwd``, absolute paths, symlinks
-        leading out) and names whose file is missing.
+        Only what the name itself shows is checked here (empty, absolute, ``..`` leading out of the
+        root): the adapter runs on the driver and must not touch every file. Whether the file exists and
+        whether it really lies under the root (symlinks leading out) is checked per file in the
+        executors, by :meth:`finish`.
         """
         if not relative or not str(relative).strip():
             return None, "missing_file: empty file name"
         rel = str(relative).strip()
         if os.path.isabs(rel) or rel.startswith(("/", "\\")):
             return None, f"path_outside_root: absolute path {rel!r}"
-        candidate = (self.root / rel).resolve()
-        if candidate != self.root and self.root not in candidate.parents:
+        candidate = os.path.normpath(os.path.join(str(self.root), rel))
+        if candidate != str(self.root) and not candidate.startswith(str(self.root) + os.sep):
             return None, f"path_outside_root: {rel!r} resolves outside {self.root}"
-        if not candidate.is_file():
-            return None, f"missing_file: {rel}"
-        return str(candidate), None
+        return candidate, None
+
+    def resolve_any(self, relatives: Iterable[str]) -> tuple[str | None, str | None]:
+        """Like :meth:`resolve` for a file that may lie at any of several names (other extensions, other
+        subfolders): the per-file check in the executors takes the first that exists."""
+        paths = []
+        for rel in relatives:
+            path, error = self.resolve(rel)
+            if error:
+                return None, error
+            paths.append(path)
+        if not paths:
+            return None, "missing_file: no file name"
+        return PATH_SEP.join(paths), None
+
+    def file_fields(self, path: str) -> dict[str, Any]:
+        """Fields read from the file itself (e.g. a DICOM header): SourceRecord field -> value, and
+        ``provenance`` -> a dict merged into the record's. Runs in the executors, once per existing file.
+        Default: nothing."""
+        return {}
+
+    def finish(self, row: dict[str, Any]) -> dict[str, Any]:
+        """The per-file part of a record (a :meth:`SourceRecord.to_row` dict; runs in the executors):
+        the file exists and lies under the root, the first existing candidate of :meth:`resolve_any` is
+        taken, and :meth:`file_fields` is read. A failed check sets ``error`` (the row is quarantined)."""
+        if row.get("error") is not None or not row.get("path"):
+            return row
+        out = dict(row)
+        root = os.path.realpath(self.root)
+        candidates = row["path"].split(PATH_SEP)
+        error = None
+        for candidate in candidates:
+            rel = os.path.relpath(candidate, self.root)
+            real = os.path.realpath(candidate)
+            if real != root and not real.startswith(root + os.sep):
+                error = f"path_outside_root: {rel!r} resolves outside {self.root}"
+                break
+            if os.path.isfile(real):
+                out["path"] = real
+                if len(candidates) > 1:
+                    out["source_path"] = Path(rel).as_posix()
+                break
+        else:
+            rels = [Path(os.path.relpath(c, self.root)).as_posix() for c in candidates]
+            error = f"missing_file: {rels[0]}" if len(rels) == 1 else f"missing_file: none of {', '.join(rels)}"
+        if error:
+            out.update(path=None, error=error)
+            return out
+        fields = self.file_fields(out["path"])
+        if fields:
+            extra = fields.pop("provenance", None)
+            out.update(fields)
+            if extra:
+                out["provenance"] = json.dumps({**json.loads(out["provenance"] or "{}"), **extra},
+                                               sort_keys=True, ensure_ascii=False)
+        return out
+
+    def checked_records(self) -> Iterator[SourceRecord]:
+        """``records()`` with the per-file part (:meth:`finish`) done here, in this process (tests, small
+        tools; the ingest does it in the executors)."""
+        for rec in self.records():
+            row = self.finish(rec.to_row())
+            yield SourceRecord(**{**row, "provenance": json.loads(row["provenance"] or "{}")})
 
     def key(self, patient_id: str) -> str:
         return f"{self.name}:{patient_id}"
@@ -146,21 +213,29 @@ class SourceAdapter(ABC):
         path = self.root / filename
         if not path.is_file():
             raise SourceError(f"source {self.name!r}: metadata file {path} does not exist")
-        raw_lines = path.read_bytes().splitlines(keepends=True)
-        # csv needs whole records (quoted fields may hold newlines): decode line by line, then parse
-        text_lines: list[tuple[int, str | None, str | None]] = []
-        for i, raw in enumerate(raw_lines, start=1):
-            try:
-                text_lines.append((i, raw.decode(encoding), None))
-            except UnicodeDecodeError as exc:
-                text_lines.append((i, None, f"bad_encoding: line {i} is not valid {encoding} ({exc.reason})"))
-        if not text_lines or text_lines[0][1] is None:
+        # streamed line by line (a 10^6-row file is never held whole); csv needs whole records (quoted
+        # fields may hold newlines): decode line by line, then parse
+        opener = gzip.open if path.name.endswith(".gz") else open
+        with opener(path, "rb") as fh:
+            yield from self._parse_lines(fh, path, encoding)
+
+    def _parse_lines(self, fh: Any, path: Path, encoding: str) -> Iterator[Any]:
+        def decoded() -> Iterator[tuple[int, str | None, str | None]]:
+            for i, raw in enumerate(fh, start=1):
+                try:
+                    yield i, raw.decode(encoding), None
+                except UnicodeDecodeError as exc:
+                    yield i, None, f"bad_encoding: line {i} is not valid {encoding} ({exc.reason})"
+
+        text_lines = decoded()
+        first = next(text_lines, None)
+        if first is None or first[1] is None:
             raise SourceError(f"source {self.name!r}: cannot read the header of {path} as {encoding}")
-        header = next(csv.reader([text_lines[0][1].lstrip("\ufeff")]))
+        header = next(csv.reader([first[1].lstrip("\ufeff")]))
         yield header
         pending: list[str] = []
         start = 0
-        for lineno, text, err in text_lines[1:]:
+        for lineno, text, err in text_lines:
             if err is not None:
                 if pending:  # a broken line inside a quoted record breaks the whole record
                     yield start, None, err

@@ -57,13 +57,9 @@ class InitiativeAdapter(SourceAdapter):
         if not patient:
             return "", None, "missing_file: empty patientid"
         stem = f"{image_dir}/{patient}" if image_dir else patient
-        for ext in IMAGE_EXTENSIONS:
-            path, error = self.resolve(stem + ext)
-            if path is not None:
-                return stem + ext, path, None
-            if error and error.startswith("path_outside_root"):
-                return stem + ext, None, error
-        return stem + IMAGE_EXTENSIONS[0], None, f"missing_file: no {stem}.jpg/.jpeg/.png"
+        # the extension is not in the metadata: the per-file check takes the first that exists
+        path, error = self.resolve_any(stem + ext for ext in IMAGE_EXTENSIONS)
+        return stem + IMAGE_EXTENSIONS[0], path, error
 
     def required_columns(self) -> tuple[str, ...]:
         """The columns naming the image (the image column, else patientid) and the finding."""

@@ -7,7 +7,8 @@ rows for an image with several boxes, one row with empty box for Target 0), opti
 One record per patientId (= per image), in order of first appearance. Findings:
 Target 1 -> 'Lung Opacity' (the pneumonia label); Target 0 -> the detailed class ('Normal', or
 'No Lung Opacity / Not Normal', which is unusable); Target 0 without class info -> unusable.
-View, sex and age come from the DICOM header (pixels are not read here).
+View, sex, age and modality come from the DICOM header, read per file in the executors
+(:meth:`RsnaAdapter.file_fields`; pixels are not read there).
 """
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import warnings
 from collections.abc import Iterator
 from typing import Any
 
-from cxrspark.schema import UNKNOWN_VIEW, SourceRecord
+from cxrspark.schema import SourceRecord
 from cxrspark.sources._common import text, unreadable_row
 from cxrspark.sources.base import (SourceAdapter, normalise_modality, normalise_sex,
                                    normalise_view, parse_age, register)
@@ -54,6 +55,22 @@ class RsnaAdapter(SourceAdapter):
         "encoding": "utf-8",
         "read_headers": True,
     }
+
+    def file_fields(self, path: str) -> dict[str, Any]:
+        """View, sex, age and modality from the DICOM header (read in the executors, once per file)."""
+        if not self.options["read_headers"]:
+            return {}
+        header, header_error = read_header(path)
+        provenance: dict[str, Any] = {}
+        if header_error:
+            provenance["header_error"] = header_error
+        if header.get("ViewPosition"):
+            provenance["view_raw"] = header["ViewPosition"]
+        if header.get("PhotometricInterpretation"):
+            provenance["photometric"] = header["PhotometricInterpretation"]
+        return {"view": normalise_view(header.get("ViewPosition")), "sex": normalise_sex(header.get("PatientSex")),
+                "age": parse_age(header.get("PatientAge")),
+                "modality": normalise_modality(header.get("Modality")), "provenance": provenance}
 
     def _class_info(self) -> tuple[dict[str, str], dict[str, set[str]]]:
         name = self.options["class_info"]
@@ -125,29 +142,12 @@ class RsnaAdapter(SourceAdapter):
             provenance["class"] = cls
             if len(class_sets.get(pid, ())) > 1:
                 provenance["classes"] = sorted(class_sets[pid])
-        view, sex, age, modality = UNKNOWN_VIEW, None, None, "X-ray"
-        if path is not None and self.options["read_headers"]:
-            header, header_error = read_header(path)
-            if header_error:
-                provenance["header_error"] = header_error
-            view = normalise_view(header.get("ViewPosition"))
-            sex = normalise_sex(header.get("PatientSex"))
-            age = parse_age(header.get("PatientAge"))
-            modality = normalise_modality(header.get("Modality"))
-            if header.get("ViewPosition"):
-                provenance["view_raw"] = header["ViewPosition"]
-            if header.get("PhotometricInterpretation"):
-                provenance["photometric"] = header["PhotometricInterpretation"]
         return self.record(
             f"L{entry['line']}",
             source_path=source_path,
             path=path,
             finding=finding,
             patient_id=pid,
-            view=view,
-            modality=modality,
-            sex=sex,
-            age=age,
             license=None,
             provenance=provenance,
             error=error,

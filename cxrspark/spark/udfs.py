@@ -59,6 +59,20 @@ def prepare_one(path: str, *, size: int, resize_mode: str, contrast: str, max_pi
     }
 
 
+_NULLABLE_INTS = {"int": "Int32", "bigint": "Int64", "long": "Int64"}
+
+
+def typed_frame(rows: list[dict], ddl: str) -> pd.DataFrame:
+    """Rows -> a DataFrame of the DDL's columns whose integer columns stay integers when some rows hold
+    None (pandas would make them float64 and round 64-bit hashes: a perceptual hash off by a few bits)."""
+    cols = [c.split()[0] for c in ddl.split(", ")]
+    out = pd.DataFrame(rows, columns=cols, dtype=object)
+    for c, t in (x.split(maxsplit=1) for x in ddl.split(", ")):
+        if t in _NULLABLE_INTS:
+            out[c] = out[c].astype(_NULLABLE_INTS[t])
+    return out
+
+
 def make_prepare_udf(*, size: int, resize_mode: str, contrast: str, max_pixels: int,
                      max_file_bytes: int, jpeg_draft: bool, min_side: int = 1, keypoints=None, draft_min: int = 0):
     """A pandas UDF: path column -> struct of DECODED_DDL (``keypoints``: a KeypointParams, or None
@@ -69,8 +83,7 @@ def make_prepare_udf(*, size: int, resize_mode: str, contrast: str, max_pixels: 
 
     @pandas_udf(DECODED_DDL)
     def prepare_images(paths: pd.Series) -> pd.DataFrame:
-        rows = [prepare_one(p, **opts) for p in paths]
-        return pd.DataFrame(rows, columns=[c.split()[0] for c in DECODED_DDL.split(", ")])
+        return typed_frame([prepare_one(p, **opts) for p in paths], DECODED_DDL)
 
     return prepare_images
 
@@ -128,7 +141,7 @@ def segment_batch(seg, images: list[bytes | None], heights: list, *, stored_imag
             rows[i] = {"image": r.image.tobytes(), "lung_mask": encode_mask(r.mask),
                        "lung_area_fraction": r.qc.area_fraction, "lung_components": r.qc.components,
                        "lung_mask_ok": r.qc.ok, "lung_qc": r.qc.reason}
-    return pd.DataFrame(rows, columns=cols)
+    return typed_frame(rows, SEGMENTED_DDL)
 
 
 def make_segment_udf(*, weights: str | None, stored_image: str, crop_margin: float, batch_size: int,

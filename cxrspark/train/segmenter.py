@@ -34,7 +34,7 @@ def annotated_set(cfg: Config) -> AnnotatedSet:
 
     sg = cfg.segmenter
     images = {}
-    for rec in make_adapter("cohen", "cohen", sg.images, {}).records():
+    for rec in make_adapter("cohen", "cohen", sg.images, {}).checked_records():
         if rec.path:
             images.setdefault(Path(rec.source_path).name, (rec.path, rec.patient_key))
     return load_annotated(read_annotation_files(sg.annotations), images, sg.size, sg.contrasts,
