@@ -32,12 +32,15 @@ from cxrspark.schema import (CURATED, CURATED_COLUMNS, DUPLICATE, FILTERED, OUTC
                              RECORD_COLUMNS)
 
 
-def run_ingest(spark: SparkSession, cfg: Config, log: Callable[[str], None] = print) -> dict:
+def run_ingest(spark: SparkSession, cfg: Config, log: Callable[[str], None] = print,
+               progress_every: float | None = None) -> dict:
+    """``progress_every``: seconds between progress lines (default: 1 on a terminal, where the line is
+    rewritten in place, else 30)."""
     started = time.time()
     ing = cfg.ingest
     out = AtomicDir(ing.output)
     try:
-        summary = _run(spark, cfg, out, log)
+        summary = _run(spark, cfg, out, log, progress_every)
         summary["seconds"] = round(time.time() - started, 1)
         with open(out.path("summary.json"), "w") as fh:
             json.dump(summary, fh, indent=2, sort_keys=True)
@@ -55,17 +58,18 @@ def run_ingest(spark: SparkSession, cfg: Config, log: Callable[[str], None] = pr
     return summary
 
 
-def _run(spark: SparkSession, cfg: Config, out: AtomicDir, log: Callable[[str], None]) -> dict:
+def _run(spark: SparkSession, cfg: Config, out: AtomicDir, log: Callable[[str], None],
+         progress_every: float | None) -> dict:
     shuffle = spark.conf.get("spark.sql.shuffle.partitions")
     try:
-        return _stages(spark, cfg, out, log)
+        return _stages(spark, cfg, out, StageTracker(spark.sparkContext, log, interval=progress_every))
     finally:
         spark.conf.set("spark.sql.shuffle.partitions", shuffle)
 
 
-def _stages(spark: SparkSession, cfg: Config, out: AtomicDir, log: Callable[[str], None]) -> dict:
+def _stages(spark: SparkSession, cfg: Config, out: AtomicDir, track: StageTracker) -> dict:
     ing = cfg.ingest
-    track = StageTracker(spark.sparkContext, log)
+    log = track.log
     with track.stage("sources"):
         per_source, source_problems = write_records(cfg.sources, out.path("_work", "records"), log)
     n_input = sum(per_source.values())

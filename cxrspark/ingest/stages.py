@@ -31,12 +31,13 @@ RECORD_CHUNK = 20_000
 
 
 def write_records(sources: list[SourceConfig], path: str, log: Callable[[str], None] = print,
-                  chunk: int = RECORD_CHUNK) -> tuple[dict[str, int], list[dict]]:
+                  chunk: int | None = None) -> tuple[dict[str, int], list[dict]]:
     """Stream every enabled source's records into Parquet files under ``path``, ``chunk`` rows at a time
     (the driver never holds a source's rows whole). Returns (rows per source, problems). A source that
     cannot be read at all becomes one quarantined row, so it shows in the counts instead of vanishing;
     the rows it yielded before the error are kept."""
     os.makedirs(path, exist_ok=True)
+    chunk = chunk or RECORD_CHUNK
     cols = [c.split()[0] for c in RECORD_DDL.split(", ")]
     schema = _arrow_schema()
     per_source: dict[str, int] = {}
