@@ -173,3 +173,32 @@ def test_hostile_corpus_gets_its_documented_outcomes_and_nothing_outside_is_read
     for name in ("quarantine", "filtered"):
         paths = pd.read_parquet(out / name)["path"].dropna()
         assert not paths.map(lambda p: Path(p).resolve().is_relative_to(outside["dir"])).any()
+
+
+def test_a_corrupt_file_in_the_batch_does_not_round_the_others_hashes(spark, tmp_path):
+    """A batch with a decode error holds null hashes; the 64-bit pHash of every other image in that
+    batch must still be exact (pandas would make the column float64 and round it by a few bits)."""
+    import numpy as np
+    from PIL import Image
+    from pyspark.sql import functions as F
+
+    from cxrspark.spark.udfs import make_prepare_udf, prepare_one
+
+    rng = np.random.default_rng(3)
+    paths = []
+    for i in range(6):
+        p = tmp_path / f"img{i}.png"
+        Image.fromarray(rng.integers(0, 255, (96, 96), dtype=np.uint8)).save(p)
+        paths.append(str(p))
+    (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not an image")
+    paths.insert(3, str(tmp_path / "broken.png"))
+    opts = dict(size=64, resize_mode="pad", contrast="none", max_pixels=10**7, max_file_bytes=10**7,
+                jpeg_draft=True)
+    udf = make_prepare_udf(**opts)
+    got = {r["path"]: (r["phash"], r["decode_error"]) for r in spark.createDataFrame(
+        [(p,) for p in paths], "path string").coalesce(1).select("path", udf(F.col("path")).alias("d"))
+        .select("path", "d.phash", "d.decode_error").collect()}
+    assert got[str(tmp_path / "broken.png")][0] is None and got[str(tmp_path / "broken.png")][1]
+    for p in paths:
+        if "broken" not in p:
+            assert got[p] == (prepare_one(p, **opts)["phash"], None), p
