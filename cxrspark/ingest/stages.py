@@ -106,9 +106,9 @@ def finish_records(spark: SparkSession, path: str, sources: list[SourceConfig], 
 
 
 def partitions_for(spark: SparkSession, rows: int, rows_per_task: int) -> int:
-    """Tasks for a per-row stage: ``rows_per_task`` rows each, at least 2 per core (an even spread and a
-    progress line that moves)."""
-    return max(2 * spark.sparkContext.defaultParallelism, -(-rows // max(1, rows_per_task)))
+    """Tasks for a per-row stage: ``rows_per_task`` rows each, at least 4 per core (an even spread, a
+    lost executor costs little, and a progress line that moves)."""
+    return max(4 * spark.sparkContext.defaultParallelism, -(-rows // max(1, rows_per_task)))
 
 
 # ---- 2. metadata rules: quarantine bad rows, filter what is out of scope ---------------------------
