@@ -164,6 +164,7 @@ def main() -> int:
             return 1
         results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
         r = results[-1]
+        (work / f"result-{n}.json").write_text(json.dumps(r, indent=1))  # kept if a later size fails
         print(f"  {r['seconds']:.0f} s, {n / r['seconds']:.1f} images/s", flush=True)
 
     gib = 2 ** 30
