@@ -108,8 +108,18 @@ def run_one(args: argparse.Namespace) -> int:
     import pandas as pd
     dups = pd.read_parquet(out / "duplicates", columns=["record_id", "duplicate_of", "kind"])
     found = {tuple(sorted((a.split(":", 1)[1], b.split(":", 1)[1]))) for a, b in zip(dups["record_id"], dups["duplicate_of"])}
-    rows = set(pd.read_csv(Path(args.root) / args.metadata, usecols=[0]).iloc[:, 0])
-    planted_here = {p for p in planted if p[0] in rows and p[1] in rows}
+    # a copy whose label differs from its original's quarantines its group (duplicate_label_conflict): found too
+    q = pd.read_parquet(out / "quarantine", columns=["record_id", "stage", "reason"])
+    q = q[q["stage"] == "dedup"]
+    groups: dict[str, list[str]] = {}
+    for rid, why in zip(q["record_id"], q["reason"]):
+        groups.setdefault(why.split(" of ")[0], []).append(rid.split(":", 1)[1])
+    found |= {tuple(sorted((a, b))) for m in groups.values() for a in m for b in m if a < b}
+    # the planted pairs the dedup saw: both images reached it (not filtered by their NIH label)
+    seen = (set(dups["record_id"]) | set(q["record_id"])
+            | set(pd.read_parquet(out / "curated", columns=["record_id"])["record_id"]))
+    seen = {r.split(":", 1)[1] for r in seen}
+    planted_here = {p for p in planted if p[0] in seen and p[1] in seen}
     print(json.dumps({
         "n": args.n, "seconds": seconds, "stage_seconds": summary["stage_seconds"],
         "driver_rss": driver_rss, "jvm_rss": jvm_rss,
