@@ -104,31 +104,37 @@ def run_one(args: argparse.Namespace) -> int:
         pass
     spark.stop()
     driver_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # before this script's own reads
-    planted = {tuple(sorted(p)) for p in json.loads((Path(args.root) / "synth_manifest.json").read_text())["planted"]}
-    import pandas as pd
-    dups = pd.read_parquet(out / "duplicates", columns=["record_id", "duplicate_of", "kind"])
-    found = {tuple(sorted((a.split(":", 1)[1], b.split(":", 1)[1]))) for a, b in zip(dups["record_id"], dups["duplicate_of"])}
-    # a copy whose label differs from its original's quarantines its group (duplicate_label_conflict): found too
-    q = pd.read_parquet(out / "quarantine", columns=["record_id", "stage", "reason"])
-    q = q[q["stage"] == "dedup"]
-    groups: dict[str, list[str]] = {}
-    for rid, why in zip(q["record_id"], q["reason"]):
-        groups.setdefault(why.split(" of ")[0], []).append(rid.split(":", 1)[1])
-    found |= {tuple(sorted((a, b))) for m in groups.values() for a in m for b in m if a < b}
-    # the planted pairs the dedup saw: both images reached it (not filtered by their NIH label)
-    seen = (set(dups["record_id"]) | set(q["record_id"])
-            | set(pd.read_parquet(out / "curated", columns=["record_id"])["record_id"]))
-    seen = {r.split(":", 1)[1] for r in seen}
-    planted_here = {p for p in planted if p[0] in seen and p[1] in seen}
     print(json.dumps({
         "n": args.n, "seconds": seconds, "stage_seconds": summary["stage_seconds"],
         "driver_rss": driver_rss, "jvm_rss": jvm_rss,
         "shuffle_bytes": shuffle, "candidate_pairs": summary["dedup"]["candidate_pairs"],
         "verified_pairs": summary["dedup"]["verified_pairs"], "counts": summary["counts"],
-        "planted": len(planted_here), "planted_found": len(planted_here & found),
-        "other_duplicates": len(found - planted_here), "other_examples": sorted(found - planted_here)[:5],
+        **planted_stats(Path(args.root), out),
     }))
     return 0
+
+
+def planted_stats(root: Path, out: Path) -> dict:
+    """Planted copies the dedup saw (both images reached it, i.e. were not filtered by their NIH label)
+    and found (one dropped as a duplicate of the other, or both quarantined as a label-conflict group),
+    and duplicates found that were not planted (goal 0)."""
+    import pandas as pd
+
+    planted = {tuple(sorted(p)) for p in json.loads((root / "synth_manifest.json").read_text())["planted"]}
+    name = lambda rid: rid.split(":", 1)[1]  # noqa: E731
+    dups = pd.read_parquet(out / "duplicates", columns=["record_id", "duplicate_of"])
+    found = {tuple(sorted((name(a), name(b)))) for a, b in zip(dups["record_id"], dups["duplicate_of"])}
+    q = pd.read_parquet(out / "quarantine", columns=["record_id", "stage", "reason"])
+    q = q[q["stage"] == "dedup"]
+    groups: dict[str, list[str]] = {}
+    for rid, why in zip(q["record_id"], q["reason"]):
+        groups.setdefault(why.split(" of ")[0], []).append(name(rid))
+    found |= {tuple(sorted((a, b))) for m in groups.values() for a in m for b in m if a < b}
+    seen = {name(r) for r in set(dups["record_id"]) | set(q["record_id"])
+            | set(pd.read_parquet(out / "curated", columns=["record_id"])["record_id"])}
+    here = {p for p in planted if p[0] in seen and p[1] in seen}
+    return {"planted": len(here), "planted_found": len(here & found), "other_duplicates": len(found - here),
+            "other_examples": sorted(found - here)[:5]}
 
 
 def slope(xs: list[float], ys: list[float]) -> float:
@@ -145,6 +151,8 @@ def main() -> int:
     ap.add_argument("--cores", type=int, default=2)
     ap.add_argument("--size", type=int, default=256, help="px of the generated images")
     ap.add_argument("--driver-memory", default="4g")
+    ap.add_argument("--table", action="store_true",
+                    help="print the table again from the measurements kept under --work (planted counts redone)")
     ap.add_argument("--one", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--n", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--root", help=argparse.SUPPRESS)
@@ -157,6 +165,12 @@ def main() -> int:
         print(f"the real NIH metadata is not at {NIH_META}", file=sys.stderr)
         return 2
     sizes = sorted(int(s) for s in args.sizes.split(","))
+    if args.table:
+        work = Path(args.work)
+        results = [{**json.loads((work / f"result-{n}.json").read_text()),
+                    **planted_stats(work / "nih", work / f"out-{n}")} for n in sizes]
+        report(results, args)
+        return 0
     tmp = None if args.work else tempfile.TemporaryDirectory()
     work = Path(args.work or tmp.name)
     work.mkdir(parents=True, exist_ok=True)
@@ -177,14 +191,20 @@ def main() -> int:
         (work / f"result-{n}.json").write_text(json.dumps(r, indent=1))  # kept if a later size fails
         print(f"  {r['seconds']:.0f} s, {n / r['seconds']:.1f} images/s", flush=True)
 
+    report(results, args)
+    return 0
+
+
+def report(results: list[dict], args: argparse.Namespace) -> None:
     gib = 2 ** 30
     print(f"\nspark local[{args.cores}], driver memory {args.driver_memory}, generated {args.size} px PNGs\n")
-    print("| N | seconds | images/s | ms per image (x cores) | " + " | ".join(STAGES)
+    print("| N | decoded | seconds | images/s | ms per image (x cores) | " + " | ".join(STAGES)
           + " | driver peak RSS | JVM peak RSS | shuffle written | candidate pairs | planted found | other duplicates |")
-    print("| ---: " * (4 + len(STAGES) + 6) + "|")
+    print("| ---: " * (5 + len(STAGES) + 6) + "|")
     for r in results:
         st = r["stage_seconds"]
-        print(f"| {r['n']:,} | {r['seconds']:.0f} | {r['n'] / r['seconds']:.1f} | "
+        c = r["counts"]  # every image not filtered by its label reached decoding (no missing files here)
+        print(f"| {r['n']:,} | {c['curated'] + c['duplicate'] + c['quarantined']:,} | {r['seconds']:.0f} | {r['n'] / r['seconds']:.1f} | "
               f"{1000 * r['seconds'] * args.cores / r['n']:.1f} | "
               + " | ".join(f"{st.get(s, 0):.0f}" for s in STAGES)
               + f" | {r['driver_rss'] / gib:.2f} GiB | {(r['jvm_rss'] or 0) / gib:.2f} GiB | "
@@ -202,7 +222,6 @@ def main() -> int:
             print(f"N={r['n']}: other duplicates, e.g. {r['other_examples']}")
     ratio = (results[-1]["seconds"] / results[-1]["n"]) / (results[0]["seconds"] / results[0]["n"])
     print(f"per-image cost ratio largest/smallest: {ratio:.2f}")
-    return 0
 
 
 if __name__ == "__main__":
