@@ -115,26 +115,34 @@ def run_one(args: argparse.Namespace) -> int:
 
 
 def planted_stats(root: Path, out: Path) -> dict:
-    """Planted copies the dedup saw (both images reached it, i.e. were not filtered by their NIH label)
-    and found (one dropped as a duplicate of the other, or both quarantined as a label-conflict group),
-    and duplicates found that were not planted (goal 0)."""
+    """Planted copy pairs the dedup saw (both images reached it, i.e. were not filtered by their NIH label;
+    two copies of one original are a pair too) and found (in one duplicate group, or in one group
+    quarantined for its conflicting labels), and pairs grouped that were not planted (goal 0)."""
     import pandas as pd
 
-    planted = {tuple(sorted(p)) for p in json.loads((root / "synth_manifest.json").read_text())["planted"]}
     name = lambda rid: rid.split(":", 1)[1]  # noqa: E731
-    dups = pd.read_parquet(out / "duplicates", columns=["record_id", "duplicate_of"])
-    found = {tuple(sorted((name(a), name(b)))) for a, b in zip(dups["record_id"], dups["duplicate_of"])}
+    origin: dict[str, str] = {}
+    for copy, original in json.loads((root / "synth_manifest.json").read_text())["planted"]:
+        origin[copy] = original
+        origin.setdefault(original, original)
+    dups = pd.read_parquet(out / "duplicates", columns=["record_id", "duplicate_of", "dup_group"])
+    group = {name(r): g for r, g in zip(dups["record_id"], dups["dup_group"])}
+    group.update({name(r): g for r, g in zip(dups["duplicate_of"], dups["dup_group"])})
     q = pd.read_parquet(out / "quarantine", columns=["record_id", "stage", "reason"])
     q = q[q["stage"] == "dedup"]
-    groups: dict[str, list[str]] = {}
-    for rid, why in zip(q["record_id"], q["reason"]):
-        groups.setdefault(why.split(" of ")[0], []).append(name(rid))
-    found |= {tuple(sorted((a, b))) for m in groups.values() for a in m for b in m if a < b}
-    seen = {name(r) for r in set(dups["record_id"]) | set(q["record_id"])
-            | set(pd.read_parquet(out / "curated", columns=["record_id"])["record_id"])}
-    here = {p for p in planted if p[0] in seen and p[1] in seen}
-    return {"planted": len(here), "planted_found": len(here & found), "other_duplicates": len(found - here),
-            "other_examples": sorted(found - here)[:5]}
+    group.update({name(r): why.split(" of ")[0] for r, why in zip(q["record_id"], q["reason"])})
+    seen = set(group) | {name(r) for r in pd.read_parquet(out / "curated", columns=["record_id"])["record_id"]}
+
+    def pairs(key: dict[str, str]) -> set[tuple[str, str]]:
+        members: dict[str, list[str]] = {}
+        for x, k in key.items():
+            members.setdefault(k, []).append(x)
+        return {(a, b) for m in members.values() for a in m for b in m if a < b}
+
+    truth = pairs({x: o for x, o in origin.items() if x in seen})
+    found = pairs(group)
+    return {"planted": len(truth), "planted_found": len(truth & found), "other_duplicates": len(found - truth),
+            "other_examples": sorted(found - truth)[:5]}
 
 
 def slope(xs: list[float], ys: list[float]) -> float:
