@@ -180,3 +180,27 @@ def test_the_nih_csv_is_read_with_the_csv_module_too(nih_tree):
         reader = csv.reader(fh)
         header = next(reader)
         assert len(header) == 11 and len(next(reader)) == 11
+
+
+def test_an_unreadable_source_is_one_quarantined_row_and_the_others_go_on(spark, tmp_path):
+    root = tmp_path / "nih"
+    (root / "images").mkdir(parents=True)
+    rng = np.random.default_rng(1)
+    lines = [HEADER]
+    for p in range(1, 4):
+        name = f"{p:08d}_000.png"
+        _image(rng).save(root / "images" / name)
+        lines.append(f"{name},No Finding,0,{p},40,M,PA,1024,1024,0.14,0.14")
+    (root / "Data_Entry_2017_v2020.csv").write_text("\n".join(lines) + "\n")
+    f = tmp_path / "sources.yaml"
+    f.write_text(yaml.safe_dump({"sources": [
+        {"name": "nih", "kind": "nih", "root": str(root)},
+        {"name": "gone", "kind": "nih", "root": str(tmp_path / "nowhere")},  # no metadata file
+        {"name": "typo", "kind": "nih", "root": str(root), "options": {"image_dri": "images"}},  # unknown option
+    ]}))
+    cfg = load_config([REPO / "conf/ingest.yaml", f], [f"ingest.output={tmp_path / 'out'}", "ingest.image_size=64"])
+    s = run_ingest(spark, cfg, log=lambda _: None)
+    assert s["input_rows_per_source"] == {"gone": 1, "nih": 3, "typo": 1}
+    assert s["reasons"]["quarantined/source_unreadable"] == 2 and s["counts"]["curated"] == 3
+    assert {p["source"] for p in s["source_problems"]} == {"gone", "typo"}
+    assert s["reconciliation"].endswith("(exact)")

@@ -87,7 +87,13 @@ def _arrow_schema() -> pa.Schema:
 def finish_records(spark: SparkSession, path: str, sources: list[SourceConfig], rows_per_task: int) -> DataFrame:
     """The records under ``path`` with the per-file part of each (existence, containment, file headers:
     :meth:`SourceAdapter.finish`) done in the executors; fails when two records share a record_id."""
-    adapters = {s.name: make_adapter(s.kind, s.name, s.root, s.options) for s in sources if s.enabled}
+    adapters = {}
+    for s in sources:
+        if s.enabled:
+            try:
+                adapters[s.name] = make_adapter(s.kind, s.name, s.root, s.options)
+            except (SourceError, OSError, ValueError, KeyError):
+                pass  # its one row is already quarantined as source_unreadable (write_records)
     raw = spark.read.schema(RECORD_DDL).parquet(path)
     n = raw.count()
     clash = raw.groupBy("record_id").count().where("count > 1").limit(5).collect()
