@@ -2,169 +2,199 @@
 
     cfg = load_config(["conf/ingest.yaml", "conf/sources.yaml"], overrides=["ingest.image_size=256"])
 
-Files are merged in order (mappings deep-merged, lists replaced). Every key is checked against the
-dataclasses below: an unknown key or a value of the wrong type is a :class:`ConfigError` that names
-the key and the file it came from. Defaults live here and nowhere else.
+Files are merged in order (sections deep-merged key by key, other values, lists and mappings such as
+split ratios included, replaced whole). The merged mapping is validated by the pydantic models below
+(strict types, unknown keys refused, ranges and choices checked): every problem is a
+:class:`ConfigError` that names the key and the file (or ``--set``) it came from. Defaults live here
+and nowhere else.
 """
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import types
 import typing
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 
 class ConfigError(ValueError):
     pass
 
 
-@dataclass
-class SourceConfig:
+class _Section(BaseModel):
+    """A config section: strict types (no "5" for 5, no true for 1; an int is a valid float), no
+    unknown keys."""
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class SourceConfig(_Section):
     name: str
     kind: str
     root: str
-    options: dict[str, Any] = field(default_factory=dict)
+    options: dict[str, Any] = Field(default_factory=dict)
     enabled: bool = True
 
 
-@dataclass
-class VerifyConfig:
+class VerifyConfig(_Section):
     """When a candidate pair is a copy (cxrspark.images.copymatch; thresholds measured on the real
     data, see benchmarks/README.md "Near-duplicate detection")."""
     #: Lowe's ratio test on RootSIFT matches
-    ratio: float = 0.85
+    ratio: float = Field(0.85, gt=0, le=1)
     #: RANSAC reprojection threshold, px of the 256 px working image
-    ransac_px: float = 3.0
+    ransac_px: float = Field(3.0, gt=0)
     #: RANSAC inliers of the similarity transform
-    min_inliers: int = 8
+    min_inliers: int = Field(8, ge=3)
     #: the affine transform's scale (sqrt of its determinant) within [1/max_scale, max_scale] and rotation
     #: within +-max_rotation degrees; a mirrored fit (negative determinant) is never a copy
-    max_scale: float = 3.0
-    max_rotation: float = 20.0
+    max_scale: float = Field(3.0, ge=1)
+    max_rotation: float = Field(20.0, ge=0, le=180)
     #: x scale / y scale of the fitted affine transform within [1/max_aspect, max_aspect] (a copy resized
     #: to another aspect ratio), and its shear (|cos| of the angle between the mapped axes) at most max_shear
-    max_aspect: float = 1.25
-    max_shear: float = 0.1
+    max_aspect: float = Field(1.25, ge=1)
+    max_shear: float = Field(0.1, ge=0)
     #: common area / the smaller image's area
-    min_overlap: float = 0.5
+    min_overlap: float = Field(0.5, gt=0, le=1)
     #: median block correlation of the high-pass detail (copies >= 0.58, look-alikes <= 0.30 measured)
-    min_detail: float = 0.45
+    min_detail: float = Field(0.45, ge=-1, le=1)
     #: px of the Gaussian blur that the detail is taken against
-    blur_sigma: float = 2.0
+    blur_sigma: float = Field(2.0, gt=0)
     #: blocks per side of the detail grid
-    grid: int = 8
+    grid: int = Field(8, ge=1)
 
 
-@dataclass
-class DedupConfig:
+class DedupConfig(_Section):
     #: find near duplicates (keypoint buckets + verification) in addition to exact (decoded-pixel hash) ones
     near: bool = True
     #: strongest SIFT keypoints kept per image
-    keypoints: int = 300
+    keypoints: int = Field(300, ge=16, le=2000)
     #: longer side of the working image (px)
-    work_size: int = 256
+    work_size: int = Field(256, ge=64, le=1024)
     #: SimHash tables and bits per table (a bucket key per keypoint and table)
-    tables: int = 8
-    bits: int = 40
+    tables: int = Field(8, ge=1, le=64)
+    bits: int = Field(40, ge=8, le=56)
     #: a candidate pair shares at least this many keypoints in common buckets
-    min_shared: int = 4
+    min_shared: int = Field(4, ge=1)
     #: buckets holding more images than this are ignored (generic anatomy, not a copy)
-    bucket_cap: int = 50
-    verify: VerifyConfig = field(default_factory=VerifyConfig)
+    bucket_cap: int = Field(50, ge=2)
+    verify: VerifyConfig = Field(default_factory=VerifyConfig)
     #: which member of a duplicate group is kept: the one with the most original pixels, ties broken
     #: by the order of sources in the config, then by record_id
-    keep: str = "largest"
+    keep: Literal["largest"] = "largest"
 
 
-@dataclass
-class SplitConfig:
+class SplitConfig(_Section):
     #: split name -> fraction of images; fractions must sum to 1
-    ratios: dict[str, float] = field(default_factory=lambda: {"train": 0.72, "val": 0.18, "test": 0.10})
+    ratios: dict[str, float] = Field(default_factory=lambda: {"train": 0.72, "val": 0.18, "test": 0.10})
     seed: int = 42
 
+    @field_validator("ratios")
+    @classmethod
+    def _fractions(cls, v: dict[str, float]) -> dict[str, float]:
+        if not v or any(x < 0 for x in v.values()) or abs(sum(v.values()) - 1.0) > 1e-6:
+            raise ValueError(f"must be non-negative and sum to 1, got {v}")
+        return v
 
-@dataclass
-class PartitionsConfig:
+
+class PartitionsConfig(_Section):
     """How the ingest spreads its work; derived from the input size, so the same defaults serve 2 cores
     and a cluster. They change how fast the ingest runs, never its result (not in the dataset hash)."""
     #: images per decode task (about 10 s of work each): enough tasks for every core and a moving
     #: progress line
-    decode_rows: int = 250
+    decode_rows: int = Field(250, ge=1)
     #: records per task of the per-file checks (existence, containment, file headers)
-    record_rows: int = 20_000
+    record_rows: int = Field(20_000, ge=1)
     #: rows per shuffle partition of the per-image bookkeeping (ids, hashes, labels; no pixels):
     #: spark.sql.shuffle.partitions is raised to input rows / this when that is more than it is set to
-    shuffle_rows: int = 20_000
+    shuffle_rows: int = Field(20_000, ge=1)
 
 
-@dataclass
-class LungsConfig:
+class LungsConfig(_Section):
     """Lung segmentation in ingest (used when ``ingest.segmentation: unet``)."""
     #: the U-Net weights; None: the bundled, verified cxrspark/segmentation/lung_unet weights
     weights: str | None = None
     #: the training image stored in curated/: full | lung_crop (the lung box plus `crop_margin`,
     #: resized back to image_size) | lung_masked (non-lung pixels set to 0). The mask is always stored.
-    stored_image: str = "full"
+    stored_image: Literal["full", "lung_crop", "lung_masked"] = "full"
     #: margin around the lung bounding box, as a fraction of the box's height/width
-    crop_margin: float = 0.05
+    crop_margin: float = Field(0.05, ge=0, le=1)
     #: images per U-Net call inside the pandas UDF
-    batch_size: int = 16
+    batch_size: int = Field(16, ge=1)
     #: TensorFlow threads per Spark task (a task holds one core)
-    threads: int = 1
-    threshold: float = 0.5
+    threads: int = Field(1, ge=1)
+    threshold: float = Field(0.5, gt=0, lt=1)
     #: QC: a mask is plausible when its lung area fraction is within [min_area, max_area] and the
     #: raw prediction has at most max_components regions of at least min_region of the image each.
     #: Hand-drawn masks of the real annotations cover 0.09-0.55 of a padded image, always in 2 regions.
     #: Smaller regions are dropped from the stored mask without counting against it.
     min_area: float = 0.08
     max_area: float = 0.65
-    max_components: int = 2
+    max_components: int = Field(2, ge=1)
     min_region: float = 0.01
 
+    @model_validator(mode="after")
+    def _areas(self) -> LungsConfig:
+        if not (0.0 <= self.min_area < self.max_area <= 1.0 and 0.0 < self.min_region < self.min_area):
+            raise ValueError("need 0 <= min_area < max_area <= 1 and 0 < min_region < min_area")
+        return self
 
-@dataclass
-class IngestConfig:
+
+class IngestConfig(_Section):
     output: str = "out/dataset"
-    classes: list[str] = field(default_factory=lambda: ["COVID-19", "Normal", "Pneumonia"])
-    image_size: int = 224
+    classes: list[str] = Field(default_factory=lambda: ["COVID-19", "Normal", "Pneumonia"])
+    image_size: int = Field(224, ge=16, le=2048)
     #: pad (keep aspect, black borders) | crop (keep aspect, centre crop) | stretch
-    resize_mode: str = "pad"
+    resize_mode: Literal["pad", "crop", "stretch"] = "pad"
     #: none | equalize (global histogram) | clahe
-    contrast: str = "none"
+    contrast: Literal["none", "equalize", "clahe"] = "none"
     #: none | unet (lung segmentation with the U-Net of cxrspark/segmentation; settings in `lungs`)
-    segmentation: str = "none"
+    segmentation: Literal["none", "unet"] = "none"
     #: keep rows whose view is not recorded (class-per-folder sets are frontal by curation)
     keep_unknown_view: bool = True
     #: decompression-bomb guard: images with more pixels than this are quarantined
     max_pixels: int = 50_000_000
     #: images with a side shorter than this (px, from the header) are quarantined as too_small
-    min_side: int = 64
+    min_side: int = Field(64, ge=1)
     #: files larger than this (MiB) are quarantined without being decoded
     max_file_mb: int = 64
     #: use Pillow's JPEG draft mode (DCT scaling) when shrinking a lot
     jpeg_draft: bool = True
     #: Parquet row-group size: small enough that every Horovod rank gets row groups to read
     row_group_mb: int = 8
-    lungs: LungsConfig = field(default_factory=LungsConfig)
-    dedup: DedupConfig = field(default_factory=DedupConfig)
-    split: SplitConfig = field(default_factory=SplitConfig)
-    partitions: PartitionsConfig = field(default_factory=PartitionsConfig)
+    lungs: LungsConfig = Field(default_factory=LungsConfig)
+    dedup: DedupConfig = Field(default_factory=DedupConfig)
+    split: SplitConfig = Field(default_factory=SplitConfig)
+    partitions: PartitionsConfig = Field(default_factory=PartitionsConfig)
+
+    @field_validator("classes")
+    @classmethod
+    def _known_classes(cls, v: list[str]) -> list[str]:
+        from cxrspark.labels import CLASSES
+        if len(set(v)) != len(v) or not v:
+            raise ValueError(f"must be a non-empty list without repeats: {v}")
+        unknown = [c for c in v if c not in CLASSES]
+        if unknown:
+            raise ValueError(f"has unknown classes {unknown}; known: {list(CLASSES)}")
+        return v
 
 
-@dataclass
-class SparkConfig:
+class SparkConfig(_Section):
     #: None: whatever spark-submit set, else local[*]
     master: str | None = None
     app_name: str = "cxrspark"
     shuffle_partitions: int = 8
     log_level: str = "WARN"
     #: extra Spark settings, e.g. {"spark.executor.memory": "4g"}
-    conf: dict[str, str] = field(default_factory=dict)
+    conf: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("conf", mode="before")
+    @classmethod
+    def _numbers_as_text(cls, v: Any) -> Any:
+        """Spark settings are text; YAML reads ``spark.executor.cores: 4`` as a number."""
+        if isinstance(v, dict):
+            return {k: str(x) if isinstance(x, (int, float)) and not isinstance(x, bool) else x for k, x in v.items()}
+        return v
 
 
 #: augmentation presets (the source studies' settings); a preset fills every AugmentConfig value
@@ -179,11 +209,10 @@ AUGMENT_PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
-@dataclass
-class AugmentConfig:
+class AugmentConfig(_Section):
     #: none | light (rotation 5, shift 5%, zoom 10%) | strong (rotation 10, shift 10%, zoom 15%,
     #: brightness and contrast 10%); any value below that is set overrides the preset
-    preset: str = "light"
+    preset: Literal["none", "light", "strong"] = "light"
     rotation: float | None = None
     shift: float | None = None
     zoom: float | None = None
@@ -199,36 +228,60 @@ class AugmentConfig:
                 values[k] = getattr(self, k)
         return values
 
+    @model_validator(mode="after")
+    def _in_range(self) -> AugmentConfig:
+        a = self.resolved()
+        for k in ("shift", "zoom", "brightness", "contrast"):
+            if not 0.0 <= a[k] < 1.0:
+                raise ValueError(f"'{k}' must be a fraction in [0, 1), not {a[k]}")
+        if not 0.0 <= a["rotation"] <= 180.0:
+            raise ValueError("'rotation' is in degrees, between 0 and 180")
+        return self
 
-@dataclass
-class ScheduleConfig:
+
+class ScheduleConfig(_Section):
     """Three stages: linear warm-up from the single-worker rate to rate x workers, a plateau, then
     a step decay by ``decay_factor`` at each epoch in ``decay_epochs``."""
-    warmup_epochs: int = 3
-    decay_epochs: list[int] = field(default_factory=lambda: [15, 25])
+    warmup_epochs: int = Field(3, ge=0)
+    decay_epochs: list[int] = Field(default_factory=lambda: [15, 25])
     decay_factor: float = 0.1
 
+    @field_validator("decay_epochs")
+    @classmethod
+    def _ascending(cls, v: list[int]) -> list[int]:
+        if sorted(v) != v:
+            raise ValueError(f"must be ascending, not {v}")
+        return v
 
-@dataclass
-class EarlyStoppingConfig:
+
+class EarlyStoppingConfig(_Section):
     enabled: bool = True
-    monitor: str = "val_loss"
+    monitor: Literal["val_loss", "val_accuracy"] = "val_loss"
     patience: int = 8
     min_delta: float = 0.01
     restore_best_weights: bool = True
 
 
-@dataclass
-class ImbalanceConfig:
+class ImbalanceConfig(_Section):
     #: weight each class's loss by n / (n_classes * n_class) of the training split
     class_weights: bool = True
     #: class -> fraction of every batch drawn from that class (minority oversampling), e.g.
     #: {COVID-19: 0.3}; the rest of each batch is drawn from the other classes in their natural mix
-    oversample: dict[str, float] = field(default_factory=dict)
+    oversample: dict[str, float] = Field(default_factory=dict)
+
+    @field_validator("oversample")
+    @classmethod
+    def _known_fractions(cls, v: dict[str, float]) -> dict[str, float]:
+        from cxrspark.labels import CLASSES
+        bad = [c for c in v if c not in CLASSES]
+        if bad:
+            raise ValueError(f"names unknown classes {bad}; known: {list(CLASSES)}")
+        if any(not 0.0 < f < 1.0 for f in v.values()) or sum(v.values()) >= 1.0:
+            raise ValueError(f"fractions must be in (0, 1) and sum below 1: {v}")
+        return v
 
 
-@dataclass
-class MlflowConfig:
+class MlflowConfig(_Section):
     #: None: $MLFLOW_TRACKING_URI if set, else sqlite:///<absolute train.output>/../mlflow/mlflow.db
     tracking_uri: str | None = None
     experiment: str = "cxrspark"
@@ -238,8 +291,7 @@ class MlflowConfig:
     parent_run_id: str | None = None
 
 
-@dataclass
-class TrainConfig:
+class TrainConfig(_Section):
     #: an ingest output folder (the one holding summary.json and curated/)
     dataset: str = "out/dataset"
     #: checkpoints and the run's state live here; --resume continues from it
@@ -248,43 +300,42 @@ class TrainConfig:
     model: str = "seed_cnn"
     #: the model's input size; None: the model's own (seed_cnn 224, darkcovidnet 256, NASNetLarge 331,
     #: ...). The stored image is resized to it inside the model.
-    input_size: int | None = None
+    input_size: int | None = Field(None, ge=32, le=1024)
     #: transfer models: none | imagenet (downloads) | a local weights file
     weights: str = "none"
     #: transfer models: unfreeze the top N layers of the backbone (0: frozen base)
     fine_tune_layers: int = 0
-    epochs: int = 30
+    epochs: int = Field(30, ge=1)
     #: per Horovod rank; the global batch is batch_size x ranks
-    batch_size: int = 32
+    batch_size: int = Field(32, ge=1)
     #: adam | sgd (with momentum)
-    optimizer: str = "adam"
+    optimizer: Literal["adam", "sgd"] = "adam"
     #: single-worker rate; Horovod scales it by the number of ranks after warm-up
-    learning_rate: float = 0.001
+    learning_rate: float = Field(0.001, gt=0)
     momentum: float = 0.9
-    label_smoothing: float = 0.1
+    label_smoothing: float = Field(0.1, ge=0, lt=1)
     shuffle_buffer: int = 1024
     seed: int = 42
     #: cap the steps of an epoch (None: one pass over the training split per epoch)
-    steps_per_epoch: int | None = None
+    steps_per_epoch: int | None = Field(None, ge=1)
     train_split: str = "train"
     #: leave out training images whose lung mask failed ingest's QC (needs ingest.segmentation: unet);
     #: validation and test always keep every image
     exclude_lung_flagged: bool = False
     #: leave these sources out of every split (leave-one-source-out training)
-    exclude_sources: list[str] = field(default_factory=list)
+    exclude_sources: list[str] = Field(default_factory=list)
     val_split: str = "val"
     test_split: str = "test"
     #: petastorm reader threads per rank
     reader_workers: int = 2
-    augment: AugmentConfig = field(default_factory=AugmentConfig)
-    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
-    early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
-    imbalance: ImbalanceConfig = field(default_factory=ImbalanceConfig)
-    mlflow: MlflowConfig = field(default_factory=MlflowConfig)
+    augment: AugmentConfig = Field(default_factory=AugmentConfig)
+    schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
+    early_stopping: EarlyStoppingConfig = Field(default_factory=EarlyStoppingConfig)
+    imbalance: ImbalanceConfig = Field(default_factory=ImbalanceConfig)
+    mlflow: MlflowConfig = Field(default_factory=MlflowConfig)
 
 
-@dataclass
-class SegmenterAugmentConfig:
+class SegmenterAugmentConfig(_Section):
     """Random per-epoch changes; geometric ones move image and mask together."""
     rotation: float = 10.0  # degrees
     shift: float = 0.08
@@ -293,8 +344,7 @@ class SegmenterAugmentConfig:
     contrast: float = 0.20
 
 
-@dataclass
-class SegmenterConfig:
+class SegmenterConfig(_Section):
     """Training the lung U-Net (jobs/train_segmenter.py) on V7 lung polygons of Cohen images."""
     #: V7 Darwin JSON annotations: a .zip of JSON files or a folder of them
     annotations: str = "data/raw/v7labs/annotations/covid-only.zip"
@@ -302,29 +352,43 @@ class SegmenterConfig:
     images: str = "data/raw/covid-chestxray-dataset"
     output: str = "out/segmenter"
     #: U-Net input size (divisible by 2**depth), filters of the first level, pooling levels
-    size: int = 256
-    base_filters: int = 16
-    depth: int = 4
+    size: int = Field(256, ge=32, le=1024)
+    base_filters: int = Field(16, ge=1)
+    depth: int = Field(4, ge=1)
     #: every training image is prepared with each of these contrast methods (ingest's options), one
     #: drawn at random per step, so the model works whatever ``ingest.contrast`` is
-    contrasts: list[str] = field(default_factory=lambda: ["none", "equalize", "clahe"])
+    contrasts: list[str] = Field(default_factory=lambda: ["none", "equalize", "clahe"])
     #: fraction of PATIENTS held out for validation (the Dice/IoU that is reported)
-    val_fraction: float = 0.2
+    val_fraction: float = Field(0.2, gt=0, lt=1)
     seed: int = 7
-    epochs: int = 60
-    batch_size: int = 8  # per rank
-    learning_rate: float = 0.001
+    epochs: int = Field(60, ge=1)
+    batch_size: int = Field(8, ge=1)  # per rank
+    learning_rate: float = Field(0.001, gt=0)
     #: stop when validation Dice has not improved by min_delta for this many epochs; best kept
     patience: int = 15
     min_delta: float = 0.001
-    augment: SegmenterAugmentConfig = field(default_factory=SegmenterAugmentConfig)
+    augment: SegmenterAugmentConfig = Field(default_factory=SegmenterAugmentConfig)
     #: a folder to write the best weights and their card to (e.g. cxrspark/segmentation/lung_unet)
     publish: str | None = None
-    mlflow: MlflowConfig = field(default_factory=lambda: MlflowConfig(experiment="cxrspark-segmenter"))
+    mlflow: MlflowConfig = Field(default_factory=lambda: MlflowConfig(experiment="cxrspark-segmenter"))
+
+    @field_validator("contrasts")
+    @classmethod
+    def _known_contrasts(cls, v: list[str]) -> list[str]:
+        from cxrspark.images.transforms import CONTRAST_METHODS
+        bad = [c for c in v if c not in CONTRAST_METHODS] or ([] if v else ["(empty)"])
+        if bad:
+            raise ValueError(f"has unknown methods {bad}; known: {list(CONTRAST_METHODS)}")
+        return v
+
+    @model_validator(mode="after")
+    def _size_fits_depth(self) -> SegmenterConfig:
+        if self.size % (2 ** self.depth):
+            raise ValueError(f"'size' must be divisible by 2**depth ({2 ** self.depth}), not {self.size}")
+        return self
 
 
-@dataclass
-class EvaluateConfig:
+class EvaluateConfig(_Section):
     """jobs/evaluate.py: a trained model on one split of an ingest output."""
     #: runs:/<run id>/model, models:/<model id>, a Keras .h5/.keras file, or "latest": the model of the
     #: newest finished run of train.mlflow.experiment
@@ -335,42 +399,40 @@ class EvaluateConfig:
     #: hospital's or a left-out source's)
     split: str = "test"
     #: evaluate only images of these sources (empty: all)
-    sources: list[str] = field(default_factory=list)
+    sources: list[str] = Field(default_factory=list)
     #: the source probe (a linear model predicting the source from penultimate features, folds grouped
     #: by patient) runs on these splits ("all": every split); empty: no probe
-    probe_splits: list[str] = field(default_factory=lambda: ["val", "test"])
-    probe_folds: int = 5
+    probe_splits: list[str] = Field(default_factory=lambda: ["val", "test"])
+    probe_folds: int = Field(5, ge=2)
     #: patient bootstrap resamples for the confidence intervals, and their level
-    bootstrap: int = 1000
-    level: float = 0.95
-    calibration_bins: int = 10
+    bootstrap: int = Field(1000, ge=1)
+    level: float = Field(0.95, ge=0.5, lt=1)
+    calibration_bins: int = Field(10, ge=2)
     #: Grad-CAM overlays per class and kind (correct / wrong)
     gradcam_per_class: int = 4
-    batch_size: int = 32
+    batch_size: int = Field(32, ge=1)
     seed: int = 0
     #: the evaluation run goes to this experiment (the tracking URI is train.mlflow's)
     experiment: str = "cxrspark-evaluation"
 
 
-@dataclass
-class LosoConfig:
+class LosoConfig(_Section):
     """jobs/loso.py: leave-one-source-out. For each source: train on every other source (train.*
     settings), then evaluate on all images of the left-out source (evaluate.* settings)."""
     #: the sources to leave out in turn; empty: every source with at least min_images curated images
-    sources: list[str] = field(default_factory=list)
-    min_images: int = 50
+    sources: list[str] = Field(default_factory=list)
+    min_images: int = Field(50, ge=1)
     #: one training output folder per left-out source goes under here
     output: str = "out/loso"
     #: the parent run, its training and evaluation runs all go to this experiment
     experiment: str = "cxrspark-loso"
     #: Horovod ranks per training (1: plain python; more: horovodrun on this machine)
-    ranks: int = 1
+    ranks: int = Field(1, ge=1)
     #: reuse a fold's finished training when its settings and data are unchanged since the last run
     reuse: bool = True
 
 
-@dataclass
-class PredictConfig:
+class PredictConfig(_Section):
     """jobs/predict.py: batch prediction with Spark over an ingest output or a folder of image files."""
     #: as evaluate.model: runs:/..., models:/..., a Keras file, or "latest" (train.mlflow.experiment)
     model: str = "latest"
@@ -382,33 +444,28 @@ class PredictConfig:
     pattern: str = "**/*"
     #: Parquet of predictions plus summary.json
     output: str = "out/predictions"
-    batch_size: int = 32
+    batch_size: int = Field(32, ge=1)
     #: TensorFlow threads per Spark task
-    threads: int = 1
+    threads: int = Field(1, ge=1)
 
 
-@dataclass
-class Config:
-    sources: list[SourceConfig] = field(default_factory=list)
-    ingest: IngestConfig = field(default_factory=IngestConfig)
-    spark: SparkConfig = field(default_factory=SparkConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    segmenter: SegmenterConfig = field(default_factory=SegmenterConfig)
-    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
-    predict: PredictConfig = field(default_factory=PredictConfig)
-    loso: LosoConfig = field(default_factory=LosoConfig)
+class Config(_Section):
+    sources: list[SourceConfig] = Field(default_factory=list)
+    ingest: IngestConfig = Field(default_factory=IngestConfig)
+    spark: SparkConfig = Field(default_factory=SparkConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    segmenter: SegmenterConfig = Field(default_factory=SegmenterConfig)
+    evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
+    predict: PredictConfig = Field(default_factory=PredictConfig)
+    loso: LosoConfig = Field(default_factory=LosoConfig)
 
-
-_CHOICES = {
-    "ingest.resize_mode": ("pad", "crop", "stretch"),
-    "ingest.contrast": ("none", "equalize", "clahe"),
-    "ingest.segmentation": ("none", "unet"),
-    "ingest.lungs.stored_image": ("full", "lung_crop", "lung_masked"),
-    "ingest.dedup.keep": ("largest",),
-    "train.optimizer": ("adam", "sgd"),
-    "train.augment.preset": tuple(AUGMENT_PRESETS),
-    "train.early_stopping.monitor": ("val_loss", "val_accuracy"),
-}
+    @field_validator("sources")
+    @classmethod
+    def _unique_names(cls, v: list[SourceConfig]) -> list[SourceConfig]:
+        names = [s.name for s in v]
+        if len(set(names)) != len(names):
+            raise ValueError(f"source names must be unique: {names}")
+        return v
 
 
 # ---- the options every job takes ------------------------------------------------------------------
@@ -461,33 +518,32 @@ def load_config(paths: list[str | Path] | None = None, overrides: list[str] | No
         for part in reversed(key.strip().split(".")):
             nested = {part: nested}
         _merge(merged, nested, origin, "--set", "")
-    cfg = _build(Config, merged, "", origin)
-    _validate(cfg)
-    return cfg
+    return _validated(merged, origin)
 
 
 def _merge(dst: dict, src: dict, origin: dict, where: str, prefix: str) -> None:
     for k, v in src.items():
         key = f"{prefix}{k}"
-        if isinstance(v, dict) and isinstance(dst.get(k), dict) and _is_section(key):
+        if isinstance(v, dict) and isinstance(dst.get(k), dict) and _section_at(tuple(key.split('.'))) is not None:
             _merge(dst[k], v, origin, where, key + ".")
         else:
             dst[k] = v
         _mark(origin, key, v, where)
 
 
-def _is_section(key: str) -> bool:
-    """True when ``key`` names a config section (merged key by key); other mappings, such as
-    split ratios or Spark settings, are values and a later file replaces them whole."""
+def _section_at(loc: tuple) -> type[_Section] | None:
+    """The section model at ``loc`` (field names, list positions), or None where it names a value:
+    sections are merged key by key, other mappings (split ratios, Spark settings) are replaced whole."""
     tp: Any = Config
-    for part in key.split("."):
-        if not dataclasses.is_dataclass(tp):
-            return False
-        hints = typing.get_type_hints(tp)
-        if part not in hints:
-            return False
-        tp = hints[part]
-    return dataclasses.is_dataclass(tp)
+    for part in loc:
+        if isinstance(part, int):
+            tp = typing.get_args(tp)[0] if typing.get_origin(tp) is list else None
+            continue
+        field = tp.model_fields.get(part) if isinstance(tp, type) and issubclass(tp, _Section) else None
+        if field is None:
+            return None
+        tp = field.annotation
+    return tp if isinstance(tp, type) and issubclass(tp, _Section) else None
 
 
 def _mark(origin: dict, key: str, value: Any, where: str) -> None:
@@ -498,6 +554,7 @@ def _mark(origin: dict, key: str, value: Any, where: str) -> None:
 
 
 def _where(origin: dict, key: str) -> str:
+    key = key.split("[")[0]
     while key:
         if key in origin:
             return origin[key]
@@ -505,170 +562,47 @@ def _where(origin: dict, key: str) -> str:
     return "defaults"
 
 
-def _build(cls: type, data: Any, prefix: str, origin: dict) -> Any:
-    if not isinstance(data, dict):
-        raise ConfigError(f"{prefix or 'config'} (from {_where(origin, prefix)}): expected a mapping, "
-                          f"got {type(data).__name__}")
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    for k in data:
-        if k not in names:
-            key = f"{prefix}{k}"
-            raise ConfigError(f"unknown key '{key}' in {_where(origin, key)}; "
-                              f"known keys here: {', '.join(sorted(names))}")
-    kwargs = {}
-    for f in dataclasses.fields(cls):
-        if f.name in data:
-            key = f"{prefix}{f.name}"
-            kwargs[f.name] = _coerce(hints[f.name], data[f.name], key, origin)
-        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-            raise ConfigError(f"missing key '{prefix}{f.name}' (in {_where(origin, prefix.rstrip('.'))})")
-    return cls(**kwargs)
+def _key(loc: tuple) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
 
 
-def _coerce(tp: Any, value: Any, key: str, origin: dict) -> Any:
-    def bad() -> ConfigError:
-        return ConfigError(f"'{key}' in {_where(origin, key)}: expected {_name(tp)}, "
-                           f"got {type(value).__name__} {value!r}")
-
-    if dataclasses.is_dataclass(tp):
-        return _build(tp, value, key + ".", origin)
-    o = typing.get_origin(tp)
-    args = typing.get_args(tp)
-    if o in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        inner = [a for a in args if a is not type(None)]
-        return _coerce(inner[0], value, key, origin)
-    if o is list:
-        if not isinstance(value, list):
-            raise bad()
-        return [_coerce(args[0], v, f"{key}[{i}]", origin) for i, v in enumerate(value)]
-    if o is dict:
-        if not isinstance(value, dict):
-            raise bad()
-        return {_coerce(args[0], k, key, origin): _coerce(args[1], v, f"{key}.{k}", origin)
-                for k, v in value.items()}
-    if tp is Any:
-        return value
-    if tp is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if tp is str and isinstance(value, (int, float)) and not isinstance(value, bool) and key.startswith("spark.conf"):
-        return str(value)
-    if not isinstance(value, tp) or (tp is int and isinstance(value, bool)):
-        raise bad()
-    return value
+def _problem(err: dict, origin: dict) -> str:
+    """One validation error as a line naming the key and where it was set."""
+    loc = tuple(err["loc"])
+    key = _key(loc)
+    if err["type"] == "extra_forbidden":
+        section = _section_at(loc[:-1])
+        known = ", ".join(sorted(section.model_fields)) if section else "?"
+        return f"unknown key '{key}' in {_where(origin, key)}; known keys here: {known}"
+    if err["type"] == "missing":
+        return f"missing key '{key}' (in {_where(origin, _key(loc[:-1]))})"
+    if err["type"] == "literal_error":
+        section = _section_at(loc[:-1])
+        choices = typing.get_args(section.model_fields[loc[-1]].annotation) if section else ()
+        return (f"'{key}' must be one of {', '.join(map(str, choices))}, not {err.get('input')!r} "
+                f"(in {_where(origin, key)})")
+    msg = err["msg"].removeprefix("Value error, ")
+    where = _where(origin, key) if key else "the config"
+    got = err.get("input")
+    shown = "" if isinstance(got, (dict, BaseModel)) or err["type"] == "value_error" else \
+        f" (got {type(got).__name__} {got!r})"
+    return f"'{key or 'config'}' in {where}: {msg}{shown}"
 
 
-def _name(tp: Any) -> str:
-    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+def _validated(data: dict[str, Any], origin: dict[str, str]) -> Config:
+    try:
+        return Config.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError("\n".join(_problem(e, origin) for e in exc.errors(include_url=False))) from None
 
 
-def _validate(cfg: Config) -> None:
-    for key, allowed in _CHOICES.items():
-        obj: Any = cfg
-        for part in key.split("."):
-            obj = getattr(obj, part)
-        if obj not in allowed:
-            raise ConfigError(f"'{key}' must be one of {', '.join(allowed)}, not {obj!r}")
-    ing = cfg.ingest
-    if not 16 <= ing.image_size <= 2048:
-        raise ConfigError(f"'ingest.image_size' must be between 16 and 2048, not {ing.image_size}")
-    if ing.min_side < 1:
-        raise ConfigError(f"'ingest.min_side' must be at least 1, not {ing.min_side}")
-    dd = ing.dedup
-    if not (16 <= dd.keypoints <= 2000 and 64 <= dd.work_size <= 1024 and 1 <= dd.tables <= 64
-            and 8 <= dd.bits <= 56 and dd.min_shared >= 1 and dd.bucket_cap >= 2):
-        raise ConfigError("'ingest.dedup': keypoints 16..2000, work_size 64..1024, tables 1..64, bits 8..56, "
-                          "min_shared >= 1 and bucket_cap >= 2")
-    v = dd.verify
-    if not (v.min_inliers >= 3 and v.max_scale >= 1.0 and 0.0 <= v.max_rotation <= 180.0
-            and v.max_aspect >= 1.0 and v.max_shear >= 0.0 and 0.0 < v.min_overlap <= 1.0 and -1.0 <= v.min_detail <= 1.0 and 0.0 < v.ratio <= 1.0
-            and v.ransac_px > 0 and v.blur_sigma > 0 and v.grid >= 1):
-        raise ConfigError("'ingest.dedup.verify': min_inliers >= 3, max_scale >= 1, max_rotation 0..180, "
-                          "min_overlap in (0, 1], min_detail in [-1, 1], ratio in (0, 1], ransac_px, blur_sigma > 0")
-    ratios = ing.split.ratios
-    if not ratios or any(v < 0 for v in ratios.values()) or abs(sum(ratios.values()) - 1.0) > 1e-6:
-        raise ConfigError(f"'ingest.split.ratios' must be non-negative and sum to 1, got {ratios}")
-    if len(set(ing.classes)) != len(ing.classes) or not ing.classes:
-        raise ConfigError(f"'ingest.classes' must be a non-empty list without repeats: {ing.classes}")
-    from cxrspark.labels import CLASSES
-    unknown = [c for c in ing.classes if c not in CLASSES]
-    if unknown:
-        raise ConfigError(f"'ingest.classes' has unknown classes {unknown}; known: {list(CLASSES)}")
-    pt = ing.partitions
-    if min(pt.decode_rows, pt.record_rows, pt.shuffle_rows) < 1:
-        raise ConfigError("'ingest.partitions': decode_rows, record_rows and shuffle_rows must be at least 1")
-    lungs = ing.lungs
-    if not (0.0 <= lungs.min_area < lungs.max_area <= 1.0 and 0.0 < lungs.threshold < 1.0
-            and 0.0 <= lungs.crop_margin <= 1.0 and lungs.batch_size >= 1 and lungs.threads >= 1
-            and lungs.max_components >= 1 and 0.0 < lungs.min_region < lungs.min_area):
-        raise ConfigError("'ingest.lungs': need 0 <= min_area < max_area <= 1, 0 < threshold < 1, "
-                          "0 <= crop_margin <= 1, batch_size, threads and max_components >= 1, "
-                          "0 < min_region < min_area")
-    _validate_train(cfg.train)
-    _validate_segmenter(cfg.segmenter)
-    ev = cfg.evaluate
-    if (ev.bootstrap < 1 or not 0.5 <= ev.level < 1.0 or ev.calibration_bins < 2 or ev.batch_size < 1
-            or ev.probe_folds < 2):
-        raise ConfigError("'evaluate': bootstrap >= 1, 0.5 <= level < 1, calibration_bins >= 2, batch_size >= 1, "
-                          "probe_folds >= 2")
-    if cfg.loso.min_images < 1 or cfg.loso.ranks < 1:
-        raise ConfigError("'loso': min_images and ranks must be at least 1")
-    if cfg.predict.batch_size < 1 or cfg.predict.threads < 1:
-        raise ConfigError("'predict': batch_size and threads must be at least 1")
-    names = [s.name for s in cfg.sources]
-    if len(set(names)) != len(names):
-        raise ConfigError(f"source names must be unique: {names}")
-
-
-def _validate_train(tr: TrainConfig) -> None:
-    from cxrspark.labels import CLASSES
-    if tr.epochs < 1 or tr.batch_size < 1:
-        raise ConfigError("'train.epochs' and 'train.batch_size' must be at least 1")
-    if tr.input_size is not None and not 32 <= tr.input_size <= 1024:
-        raise ConfigError("'train.input_size' must be between 32 and 1024 (or null for the model's own)")
-    if tr.steps_per_epoch is not None and tr.steps_per_epoch < 1:
-        raise ConfigError("'train.steps_per_epoch' must be at least 1 (or null)")
-    if not 0.0 <= tr.label_smoothing < 1.0:
-        raise ConfigError("'train.label_smoothing' must be in [0, 1)")
-    if tr.learning_rate <= 0:
-        raise ConfigError("'train.learning_rate' must be positive")
-    a = tr.augment.resolved()
-    for k in ("shift", "zoom", "brightness", "contrast"):
-        if not 0.0 <= a[k] < 1.0:
-            raise ConfigError(f"'train.augment.{k}' must be a fraction in [0, 1), not {a[k]}")
-    if not 0.0 <= a["rotation"] <= 180.0:
-        raise ConfigError("'train.augment.rotation' is in degrees, between 0 and 180")
-    over = tr.imbalance.oversample
-    bad = [c for c in over if c not in CLASSES]
-    if bad:
-        raise ConfigError(f"'train.imbalance.oversample' names unknown classes {bad}; known: {list(CLASSES)}")
-    if any(not 0.0 < v < 1.0 for v in over.values()) or sum(over.values()) >= 1.0:
-        raise ConfigError(f"'train.imbalance.oversample' fractions must be in (0, 1) and sum below 1: {over}")
-    if sorted(tr.schedule.decay_epochs) != tr.schedule.decay_epochs or tr.schedule.warmup_epochs < 0:
-        raise ConfigError("'train.schedule.decay_epochs' must be ascending and warmup_epochs >= 0")
-
-
-def _validate_segmenter(sg: SegmenterConfig) -> None:
-    from cxrspark.images.transforms import CONTRAST_METHODS
-    if sg.depth < 1 or sg.size % (2 ** sg.depth) or not 32 <= sg.size <= 1024:
-        raise ConfigError(f"'segmenter.size' must be 32..1024 and divisible by 2**depth, not {sg.size}")
-    if sg.base_filters < 1 or sg.epochs < 1 or sg.batch_size < 1 or sg.learning_rate <= 0:
-        raise ConfigError("'segmenter': base_filters, epochs, batch_size and learning_rate must be positive")
-    if not 0.0 < sg.val_fraction < 1.0:
-        raise ConfigError("'segmenter.val_fraction' must be in (0, 1)")
-    bad = [c for c in sg.contrasts if c not in CONTRAST_METHODS] or ([] if sg.contrasts else ["(empty)"])
-    if bad:
-        raise ConfigError(f"'segmenter.contrasts' has unknown methods {bad}; known: {list(CONTRAST_METHODS)}")
-
-
-def to_dict(cfg: Any) -> dict[str, Any]:
-    return dataclasses.asdict(cfg)
+def to_dict(cfg: BaseModel) -> dict[str, Any]:
+    return cfg.model_dump()
 
 
 def config_from_dict(data: dict[str, Any]) -> Config:
     """The inverse of :func:`to_dict` (used to ship a config to Spark-launched Horovod ranks)."""
-    cfg = _build(Config, data, "", {})
-    _validate(cfg)
-    return cfg
+    return _validated(data, {})

@@ -86,3 +86,28 @@ def test_jobs_share_the_config_options_and_refuse_a_bad_key(tmp_path):
         proc = subprocess.run([sys.executable, job, "--set", "train.bogus=1"], cwd=REPO, capture_output=True,
                               text=True, timeout=120)
         assert proc.returncode == 2 and "unknown key 'train.bogus'" in proc.stderr, (job, proc.stderr)
+
+
+def test_every_problem_is_reported_with_its_key_and_origin(tmp_path):
+    f = tmp_path / "bad.yaml"
+    f.write_text("ingest:\n  image_size: 8\n  lungs: {min_area: 0.9}\ntrain:\n  epochs: true\n")
+    with pytest.raises(ConfigError) as exc:
+        load_config([f], ["train.optimizer=rmsprop"])
+    lines = str(exc.value).splitlines()
+    assert len(lines) == 4, lines
+    by_key = {line.split("'")[1]: line for line in lines}
+    assert str(f) in by_key["ingest.image_size"] and "16" in by_key["ingest.image_size"]
+    assert str(f) in by_key["ingest.lungs"] and "min_area" in by_key["ingest.lungs"]  # a rule across keys
+    assert str(f) in by_key["train.epochs"] and "bool" in by_key["train.epochs"]  # true is not 1
+    assert "--set" in by_key["train.optimizer"] and "adam, sgd" in by_key["train.optimizer"]
+
+
+def test_round_trip_and_coercions():
+    from cxrspark.config import config_from_dict, to_dict
+
+    cfg = load_config([REPO / "conf/ingest.yaml"], ["spark.conf={spark.executor.cores: 4}", "train.learning_rate=1"])
+    assert cfg.spark.conf == {"spark.executor.cores": "4"}  # Spark settings are text
+    assert isinstance(cfg.train.learning_rate, float)  # an int is a valid float, stored as one
+    assert config_from_dict(to_dict(cfg)) == cfg
+    with pytest.raises(ConfigError, match="'ingest.image_size'"):
+        config_from_dict({**to_dict(cfg), "ingest": {**to_dict(cfg.ingest), "image_size": "224"}})
