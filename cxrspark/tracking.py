@@ -15,6 +15,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from cxrspark.metrics import confusion_table
+
 
 def tracking_uri(configured: str | None, train_output: str | Path) -> str:
     if configured:
@@ -104,8 +106,6 @@ def log_classification(split: str, cm: np.ndarray, table: pd.DataFrame, classes:
     """Per-class table, confusion matrix (table and picture) and summary metrics of one split."""
     import matplotlib.pyplot as plt
     import mlflow
-
-    from cxrspark.evaluate.metrics import confusion_table
 
     mlflow.log_table(table, artifact_file=f"eval/{split}_per_class.json")
     mlflow.log_table(confusion_table(cm, classes), artifact_file=f"eval/{split}_confusion.json")

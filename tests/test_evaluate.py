@@ -8,7 +8,7 @@ import pytest
 
 from cxrspark.evaluate.bootstrap import patient_bootstrap
 from cxrspark.evaluate.calibration import expected_calibration_error, reliability_table
-from cxrspark.evaluate.metrics import confusion_matrix, per_class_table, roc_auc_ovr
+from cxrspark.metrics import confusion_matrix, per_class_table, roc_auc_ovr
 
 # true:      0 0 0 1 1 2 2 2 2 ; predicted: 0 0 1 1 1 1 1 0 1  -> class c (2) is never predicted
 Y_TRUE = np.array([0, 0, 0, 1, 1, 2, 2, 2, 2])
@@ -95,7 +95,7 @@ def test_expected_calibration_error_by_hand():
 
 
 def test_per_source_table_splits_the_same_metrics_by_source():
-    from cxrspark.evaluate.metrics import per_source_table
+    from cxrspark.metrics import per_source_table
 
     # source s1: both classes, one error; source s2: only class b, all right
     y = np.array([0, 0, 1, 1, 1, 1])

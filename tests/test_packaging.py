@@ -81,3 +81,29 @@ def test_the_wheel_ships_every_package_and_the_bundled_lung_weights(tmp_path):
     assert all(f"{pkg}/__init__.py" in names for pkg in packages), sorted(packages)
     assert {"cxrspark/segmentation/lung_unet/lung_unet.h5", "cxrspark/segmentation/lung_unet/manifest.json",
             "cxrspark/segmentation/lung_unet/CARD.md"} <= names
+
+
+def test_modules_import_downward_only():
+    """Training, tracking and prediction never import the evaluation package (the metric core they
+    share lives below all of them, in cxrspark/metrics.py), and the leaves import no cxrspark module
+    above them."""
+    import ast
+
+    root = Path(__file__).resolve().parents[1] / "cxrspark"
+
+    def imports(path: Path) -> set[str]:
+        found = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                found.add(node.module)
+            elif isinstance(node, ast.Import):
+                found.update(a.name for a in node.names)
+        return found
+
+    lower = [*root.joinpath("train").glob("*.py"), root / "tracking.py", root / "predict.py"]
+    offenders = {str(p.relative_to(root)): sorted(m for m in imports(p) if m.startswith("cxrspark.evaluate"))
+                 for p in lower}
+    assert not {k: v for k, v in offenders.items() if v}, offenders
+    assert "cxrspark.metrics" in imports(root / "train" / "loop.py") and "cxrspark.metrics" in imports(root / "tracking.py")
+    leaf = {m for m in imports(root / "metrics.py") if m.startswith("cxrspark")}
+    assert not leaf, leaf

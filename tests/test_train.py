@@ -15,7 +15,7 @@ import pytest
 tf = pytest.importorskip("tensorflow")
 
 from cxrspark.config import ConfigError, load_config  # noqa: E402
-from cxrspark.evaluate.metrics import confusion_matrix, per_class_table  # noqa: E402
+from cxrspark.metrics import confusion_matrix, per_class_table  # noqa: E402
 from cxrspark.train import data as tdata  # noqa: E402
 from cxrspark.train.loop import class_weights, learning_rate_at  # noqa: E402
 

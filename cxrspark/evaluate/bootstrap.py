@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from cxrspark.evaluate.metrics import METRICS, class_metrics, confusion_matrix, summary_metrics
+from cxrspark.metrics import METRICS, class_metrics, confusion_matrix, summary_metrics
 
 
 @dataclass
@@ -30,7 +30,7 @@ def _point(y: np.ndarray, probs: np.ndarray, n_classes: int, with_auc: bool) -> 
     cm = confusion_matrix(y, probs.argmax(1), n_classes)
     m = class_metrics(cm, y, probs) if with_auc else class_metrics(cm)
     if not with_auc:  # mean_prob needs no ranking: keep it even without AUC
-        from cxrspark.evaluate.metrics import mean_true_class_probability
+        from cxrspark.metrics import mean_true_class_probability
         m["mean_prob"] = mean_true_class_probability(y, probs)
     return {**m, **summary_metrics(m)}
 

@@ -19,7 +19,7 @@ from cxrspark.config import Config, to_dict
 from cxrspark.evaluate import report
 from cxrspark.evaluate.bootstrap import patient_bootstrap
 from cxrspark.evaluate.calibration import expected_calibration_error, reliability_table
-from cxrspark.evaluate.metrics import confusion_matrix, per_class_table, per_source_table
+from cxrspark.metrics import confusion_matrix, per_class_table, per_source_table
 from cxrspark.modelref import ModelRefError, load_model, resolve_model
 
 

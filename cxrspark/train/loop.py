@@ -29,7 +29,7 @@ import numpy as np
 import tensorflow as tf
 
 from cxrspark.config import Config, to_dict
-from cxrspark.evaluate.metrics import confusion_matrix, per_class_table
+from cxrspark.metrics import confusion_matrix, per_class_table
 from cxrspark.train import data as tdata
 from cxrspark.train.models import build_model
 
