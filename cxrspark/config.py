@@ -401,7 +401,8 @@ class EvaluateConfig(_Section):
     #: evaluate only images of these sources (empty: all)
     sources: list[str] = Field(default_factory=list)
     #: the source probe (a linear model predicting the source from penultimate features, folds grouped
-    #: by patient) runs on these splits ("all": every split); empty: no probe
+    #: by patient) runs on these splits ("all": every split); a split the dataset lacks is skipped and
+    #: named, and when it has none of them the probe runs on the evaluated split; empty: no probe
     probe_splits: list[str] = Field(default_factory=lambda: ["val", "test"])
     probe_folds: int = Field(5, ge=2)
     #: patient bootstrap resamples for the confidence intervals, and their level

@@ -1,8 +1,9 @@
 """MLflow: where runs go and how results are logged (called from Horovod rank 0 only).
 
 The tracking URI is, in order: the configured ``train.mlflow.tracking_uri``, ``$MLFLOW_TRACKING_URI``,
-else a sqlite store beside the training output (``<train.output>/../mlflow/mlflow.db``) with its
-artifacts in ``.../mlflow/artifacts``. Look at runs with::
+else a sqlite store beside the training output (``<train.output>/../mlflow/mlflow.db``). The experiments
+cxrspark creates in any sqlite store keep their artifacts in ``artifacts/`` beside the database; a
+tracking server keeps its own artifact root. Look at runs with::
 
     mlflow ui --backend-store-uri sqlite:////abs/path/out/mlflow/mlflow.db
 """
@@ -30,34 +31,51 @@ def default_store(train_output: str | Path) -> Path:
     return Path(train_output).resolve().parent / "mlflow"
 
 
-def ensure_experiment(uri: str, experiment: str, train_output: str | Path) -> str:
-    """The id of ``experiment`` at ``uri``, created if needed (in the default local store, with its
-    artifacts beside the database)."""
+#: MLflow 3's UI opens an experiment by its kind; without this tag it shows cxrspark's training and
+#: evaluation runs in its GenAI (traces) view
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+
+
+def sqlite_artifact_root(uri: str) -> Path | None:
+    """Where the artifacts of a sqlite store's experiments go: ``artifacts/`` beside the database file
+    (None for any other store: a tracking server keeps its own artifact root)."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    return Path(uri[len("sqlite:///"):]).expanduser().resolve().parent / "artifacts"
+
+
+def ensure_experiment(uri: str, experiment: str) -> str:
+    """The id of ``experiment`` at ``uri``, created if needed and marked as a model-training experiment.
+    In a sqlite store (the default one or any other) a new experiment keeps its artifacts beside the
+    database, never in ``./mlruns`` of whatever folder the job ran in; a tracking server chooses its own
+    artifact location."""
     import mlflow
 
-    if uri.startswith("sqlite:///"):
-        Path(uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+    root = sqlite_artifact_root(uri)
+    if root is not None:
+        root.parent.mkdir(parents=True, exist_ok=True)
     client = mlflow.tracking.MlflowClient(uri)
     exp = client.get_experiment_by_name(experiment)
     if exp is not None:
+        for k, v in EXPERIMENT_KIND.items():
+            if k not in exp.tags:
+                client.set_experiment_tag(exp.experiment_id, k, v)
         return exp.experiment_id
-    location = None
-    if uri == f"sqlite:///{default_store(train_output) / 'mlflow.db'}":
-        location = (default_store(train_output) / "artifacts").as_uri()
-    return client.create_experiment(experiment, artifact_location=location)
+    return client.create_experiment(experiment, artifact_location=root.as_uri() if root is not None else None,
+                                    tags=EXPERIMENT_KIND)
 
 
-def start_run(uri: str, experiment: str, train_output: str | Path, *, run_id: str | None = None,
+def start_run(uri: str, experiment: str, *, run_id: str | None = None,
               run_name: str | None = None, parent_run_id: str | None = None):
-    """Open (or re-open, when resuming) the run; a new experiment in the default local store keeps
-    its artifacts beside the database. With ``parent_run_id`` the run is shown nested under that run
+    """Open (or re-open, when resuming) the run; a new experiment in a sqlite store keeps its artifacts
+    beside the database. With ``parent_run_id`` the run is shown nested under that run
     (which may be in another experiment)."""
     import mlflow
 
     mlflow.set_tracking_uri(uri)
     if run_id:
         return mlflow.start_run(run_id=run_id)
-    ensure_experiment(uri, experiment, train_output)
+    ensure_experiment(uri, experiment)
     mlflow.set_experiment(experiment)
     tags = {"mlflow.parentRunId": parent_run_id} if parent_run_id else None
     return mlflow.start_run(run_name=run_name, tags=tags)

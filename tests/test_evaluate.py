@@ -193,15 +193,21 @@ def test_evaluate_job_logs_tables_pictures_and_a_card(sample_dataset, tmp_path):
               "--set", f"train.dataset={sample_dataset}", "--set", f"train.mlflow.tracking_uri={db}",
               "--set", "evaluate.split=val", "--set", "evaluate.bootstrap=200", "--set", "evaluate.gradcam_per_class=2"]
     env = {**__import__("os").environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    work = tmp_path / "work"  # the job runs elsewhere than its store: nothing may land in work/mlruns
+    work.mkdir()
     # no trained model in the store yet: a clear error, not a traceback
-    none = subprocess.run(common, capture_output=True, text=True, timeout=300, cwd=repo, env=env)
+    none = subprocess.run(common, capture_output=True, text=True, timeout=300, cwd=work, env=env)
     assert none.returncode == 2 and "no finished run with a logged model" in none.stderr
     proc = subprocess.run(common + ["--set", f"evaluate.model={tmp_path / 'model.keras'}",
                                     "--set", "evaluate.probe_splits=[all]", "--set", "evaluate.probe_folds=2"],
-                          capture_output=True, text=True, timeout=300, cwd=repo, env=env)
+                          capture_output=True, text=True, timeout=300, cwd=work, env=env)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     client = MlflowClient(db)
-    (run,) = client.search_runs([client.get_experiment_by_name("cxrspark-evaluation").experiment_id])
+    experiment = client.get_experiment_by_name("cxrspark-evaluation")
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+    assert not (work / "mlruns").exists() and list((tmp_path / "artifacts").rglob("val_per_class.json"))
+    (run,) = client.search_runs([experiment.experiment_id])
     assert run.data.params["split"] == "val" and run.data.params["images"] == str(info.size("val"))
     files = {a.path for a in client.list_artifacts(run.info.run_id, "eval")}
     assert {f"eval/val_{n}" for n in ("per_class.json", "per_class_ci.json", "per_source.json", "confusion.png",
@@ -230,6 +236,63 @@ def test_evaluate_job_logs_tables_pictures_and_a_card(sample_dataset, tmp_path):
     assert "## Shortcut audit: source probe" in card and "all images" in card
     assert run.data.metrics["source_probe_skill_all_images"] == pytest.approx(probe.loc["all images", "skill"])
 
+
+
+
+def test_a_new_hospitals_data_is_evaluated_with_the_defaults(spark, sample_dataset, tmp_path):
+    """The documented way to evaluate on data the model never saw: a dataset ingested as one split
+    ('test' only) and `evaluate.split=all`, every other setting at its default (probe_splits [val, test])."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import tensorflow as tf
+    from mlflow.tracking import MlflowClient
+
+    from conftest import _ingest
+    from cxrspark.sample import make_sample_tree, sources_config
+    from cxrspark.train.data import load_dataset_info
+    from cxrspark.train.models import build_model
+
+    repo = Path(__file__).resolve().parents[1]
+    manifest = make_sample_tree(tmp_path / "raw", seed=5)
+    hospital = _ingest(spark, sources_config(manifest), tmp_path / "hospital", tmp_path,
+                       "ingest.split.ratios={test: 1.0}")
+    info = load_dataset_info(hospital)
+    assert list(info.counts) == ["test"] and info.size("test") > 0
+    tf.keras.utils.set_random_seed(0)
+    build_model("seed_cnn", 3, load_dataset_info(sample_dataset).image_size, input_size=64).save(tmp_path / "m.keras")
+    db = f"sqlite:///{tmp_path}/mlflow.db"
+    env = {**__import__("os").environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    proc = subprocess.run([sys.executable, str(repo / "jobs/evaluate.py"), "--config", str(repo / "conf/train.yaml"),
+                           "--set", f"train.mlflow.tracking_uri={db}", "--set", f"evaluate.model={tmp_path / 'm.keras'}",
+                           "--set", f"evaluate.dataset={hospital}", "--set", "evaluate.split=all",
+                           "--set", "evaluate.bootstrap=100"],
+                          capture_output=True, text=True, timeout=300, cwd=tmp_path, env=env)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    note = "source probe on split(s) test; the dataset has no split 'val'"
+    assert note in proc.stdout
+    client = MlflowClient(db)
+    (run,) = client.search_runs([client.get_experiment_by_name("cxrspark-evaluation").experiment_id])
+    assert run.data.params["images"] == str(info.size("test")) and run.data.params["probe_splits_used"] == "test"
+    card = Path(client.download_artifacts(run.info.run_id, "MODEL_CARD.md", str(tmp_path))).read_text()
+    assert "## Shortcut audit: source probe" in card and "no split 'val'" in card
+
+
+
+def test_probe_splits_follow_the_splits_the_dataset_has():
+    from types import SimpleNamespace
+
+    from cxrspark.evaluate.run import probe_splits_of
+
+    one = SimpleNamespace(counts={"hospital": 10})  # a dataset ingested as one split of its own name
+    assert probe_splits_of(one, ["val", "test"], ["hospital"]) == (
+        ["hospital"], "source probe on the evaluated split(s) hospital; the dataset has no split 'val', 'test'")
+    three = SimpleNamespace(counts={"train": 5, "val": 2, "test": 2})
+    assert probe_splits_of(three, ["val", "test"], ["test"]) == (["test", "val"], "source probe on split(s) test, val")
+    assert probe_splits_of(three, ["all"], ["test"])[0] == ["test", "train", "val"]
+    assert probe_splits_of(three, [], ["test"])[0] == []
 
 
 # ---- source probe -------------------------------------------------------------------------------

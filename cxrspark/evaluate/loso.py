@@ -135,7 +135,7 @@ def run_loso(cfg: Config, log: Callable[[str], None] = print) -> dict[str, Any]:
     uri = tracking.tracking_uri(cfg.train.mlflow.tracking_uri, cfg.train.output)
     mlflow.set_tracking_uri(uri)
     client = mlflow.tracking.MlflowClient(uri)
-    parent = client.create_run(tracking.ensure_experiment(uri, lc.experiment, cfg.train.output),
+    parent = client.create_run(tracking.ensure_experiment(uri, lc.experiment),
                                run_name="leave-one-source-out",
                                tags={"loso.dataset": str(dataset), "dataset.hash": info.dataset_hash})
     parent_id = parent.info.run_id

@@ -172,7 +172,7 @@ def model_card(ctx: dict[str, Any]) -> str:
     if probe is not None and len(probe):
         lines += [f"A linear probe (logistic regression, {ctx['probe_folds']}-fold cross-validation grouped by patient)",
                   "predicts each image's SOURCE from the model's penultimate features, on the split(s) "
-                  f"{', '.join(ctx['probe_splits'])}.",
+                  f"{', '.join(ctx['probe_splits'])}" + (f" ({ctx['probe_note']})." if ctx.get("probe_note") else "."),
                   "Skill = (balanced accuracy - chance) / (1 - chance). `within <class>` rows use images of one class",
                   "only, so the disease cannot explain the source there.", "", markdown_table(probe), ""]
         risky = probe[probe["scope"].str.startswith("within") & (probe["risk"] == "high")]
@@ -181,7 +181,8 @@ def model_card(ctx: dict[str, Any]) -> str:
                       "the model carries hospital/collection information beyond the disease and may use it as a",
                       "shortcut. Expect lower performance on a new hospital; see leave-one-source-out results.", ""]
     else:
-        lines += ["No probe: fewer than two sources with enough patients in the probed images.", ""]
+        lines += ["No probe: evaluate.probe_splits is empty." if not ctx.get("probe_splits") else
+                  "No probe: fewer than two sources with enough patients in the probed images.", ""]
     lines += ["## Intended use and limits",
               "- Intended use: research on dataset bias and distributed training pipelines for CXR classification.",
               "- Sources are confounded with classes in public COVID-19 collections (COVID-19 images come from",

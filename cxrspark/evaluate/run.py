@@ -37,6 +37,23 @@ def splits_of(info, split: str) -> list[str]:
     return [split]
 
 
+def probe_splits_of(info, requested: list[str], evaluated: list[str]) -> tuple[list[str], str]:
+    """The splits the source probe runs on, and a sentence saying which and why. The requested splits
+    the dataset has ("all": every split); a requested split it lacks is skipped and named; when it has
+    none of them (a new hospital's data ingested as one split), the evaluated splits. Nothing
+    requested: no probe."""
+    if not requested:
+        return [], "no source probe (evaluate.probe_splits is empty)"
+    names = list(info.counts)
+    present = sorted({sp for r in requested for sp in (names if r == "all" else [r]) if sp in names})
+    missing = [r for r in requested if r != "all" and r not in names]
+    lacks = f"; the dataset has no split {', '.join(repr(m) for m in missing)}" if missing else ""
+    if not present:
+        present = sorted(evaluated)
+        return present, f"source probe on the evaluated split(s) {', '.join(present)}{lacks}"
+    return present, f"source probe on split(s) {', '.join(present)}{lacks}"
+
+
 def predict(model, info, splits: list[str], batch_size: int, features: bool = False) -> dict[str, np.ndarray]:
     """Predictions over some splits: probs, label_index, record_id, source, patient_key, split, image
     (uint8) and, with ``features``, the penultimate features (the input of the final layer)."""
@@ -120,7 +137,8 @@ def run_evaluation(cfg: Config, *, parent_run_id: str | None = None, run_name: s
     if sum(info.size(sp) for sp in splits) == 0:
         raise EvaluationError(f"split {ev.split!r} of {info.root} has no images"
                               + (f" of sources {ev.sources}" if ev.sources else ""))
-    probe_splits = sorted({sp for name in ev.probe_splits for sp in splits_of(info, name)})
+    probe_splits, probe_note = probe_splits_of(info, ev.probe_splits, splits)
+    print(f"evaluate: {probe_note}", flush=True)
     uri = tracking.tracking_uri(cfg.train.mlflow.tracking_uri, cfg.train.output)
     mlflow.set_tracking_uri(uri)
     try:
@@ -169,7 +187,7 @@ def run_evaluation(cfg: Config, *, parent_run_id: str | None = None, run_name: s
     summary = json.loads((info.root / "summary.json").read_text())
     data_table = pd.DataFrame(summary["curated_table"])[["source", "label", "split", "n"]]
     name = ev.split
-    with tracking.start_run(uri, ev.experiment, cfg.train.output, run_name=run_name or f"evaluate {name}",
+    with tracking.start_run(uri, ev.experiment, run_name=run_name or f"evaluate {name}",
                             parent_run_id=parent_run_id) as run:
         mlflow.set_tags({"evaluated.model": model_uri, "evaluated.train_run_id": train_run or "",
                          "dataset.hash": info.dataset_hash, "dataset.path": str(info.root), "split": name,
@@ -178,6 +196,7 @@ def run_evaluation(cfg: Config, *, parent_run_id: str | None = None, run_name: s
                              "dataset_hash": info.dataset_hash, "split": name, "images": len(y),
                              "patients": boot.n_patients, "excluded_images": excluded,
                              "excluded_because": exclude_reason if excluded else None,
+                             "probe_splits_used": ",".join(probe_splits) or None,
                              **{f"evaluate.{k}": v for k, v in to_dict(ev).items()}})
         tracking.log_classification(name, cm, point, classes)
         mlflow.log_table(boot.table, artifact_file=f"eval/{name}_per_class_ci.json")
@@ -225,10 +244,11 @@ def run_evaluation(cfg: Config, *, parent_run_id: str | None = None, run_name: s
             "ci_table": boot.table, "classes": classes,
             "level": ev.level, "n_boot": ev.bootstrap, "point_table": point, "per_source": by_source,
             "bins": ev.calibration_bins, "ece": ece, "lung_mass": lung_mass, "probe": probe,
-            "probe_splits": probe_splits, "probe_folds": ev.probe_folds})
+            "probe_splits": probe_splits, "probe_note": probe_note, "probe_folds": ev.probe_folds})
         mlflow.log_text(card, "MODEL_CARD.md")
         run_id = run.info.run_id
     return {"run_id": run_id, "tracking_uri": uri, "model": model_uri, "train_run_id": train_run,
             "confusion": cm, "table": point, "ci": boot.table, "ece": ece, "per_source": by_source,
-            "lung_mass": lung_mass, "probe": probe, "card": card, "n": len(y), "patients": boot.n_patients,
+            "lung_mass": lung_mass, "probe": probe, "probe_splits": probe_splits, "probe_note": probe_note,
+            "card": card, "n": len(y), "patients": boot.n_patients,
             "excluded": excluded}

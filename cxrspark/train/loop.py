@@ -324,7 +324,7 @@ def run_training(cfg: Config, *, resume: bool = False) -> dict[str, Any]:
         from cxrspark import tracking
 
         uri = tracking.tracking_uri(tcfg.mlflow.tracking_uri, out)
-        run = tracking.start_run(uri, tcfg.mlflow.experiment, out, run_id=run_id, run_name=tcfg.mlflow.run_name,
+        run = tracking.start_run(uri, tcfg.mlflow.experiment, run_id=run_id, run_name=tcfg.mlflow.run_name,
                                  parent_run_id=tcfg.mlflow.parent_run_id)
         run_id = run.info.run_id
         if state is None:

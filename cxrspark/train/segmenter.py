@@ -190,7 +190,7 @@ def run_segmenter_training(cfg: Config, command: str = "") -> dict[str, Any]:
 
         out = Path(sg.output).resolve()
         uri = tracking.tracking_uri(sg.mlflow.tracking_uri, out)
-        run_id = tracking.start_run(uri, sg.mlflow.experiment, out, run_name=sg.mlflow.run_name).info.run_id
+        run_id = tracking.start_run(uri, sg.mlflow.experiment, run_name=sg.mlflow.run_name).info.run_id
         tracking.log_params({**to_dict(sg), "ranks": size, "steps_per_epoch": steps,
                              "model_parameters": model.count_params(), **counts})
         mlflow.log_dict({"problems": data.problems, "val_patients": sorted(set(val.patient_keys))},
