@@ -7,9 +7,9 @@ with its kind, expected outcome and reason code (the text before ':' in the outp
 duplicate, ``<kind>_duplicate``). Run ``python -m cxrspark.hostile DIR`` to write a tree and print
 its ``sources:`` YAML.
 
-=========================================  =================================  ===========  ==================
+=========================================  =================================  ===========  ===========================
 kind                                       where                              outcome      reason
-=========================================  =================================  ===========  ==================
+=========================================  =================================  ===========  ===========================
 png_16_bit                                 cohen metadata row                 curated      (min-max scaled)
 jpeg_cmyk                                  cohen metadata row                 curated      (via RGB to grey)
 png_palette_transparency                   cohen metadata row                 curated      (over black)
@@ -43,12 +43,15 @@ symlink_dangling_class_folder              kermany class folder               qu
 dicom_without_pixel_data                   rsna labels row                    quarantined  unsupported_image
 dicom_noise_after_magic                    rsna labels row                    quarantined  unsupported_image
 dicom_truncated_pixel_data                 rsna labels row                    quarantined  dicom_error
-=========================================  =================================  ===========  ==================
+dicom_jpeg_ls_monochrome1                  rsna labels row                    curated      (12-bit, inverted)
+dicom_jpeg_xl                              rsna labels row                    quarantined  unsupported_transfer_syntax
+=========================================  =================================  ===========  ===========================
 
 Notes: of two identical metadata rows the one with the smaller record_id is kept (same image size and
 source, see cxrspark.ingest.dedup.KEEP_RULE). pydicom parses noise after the DICM magic as one private
-element, so that file is "a DICOM without PixelData". A metadata file whose header cannot be decoded
-makes its whole source one quarantined row. Outcomes assume conf/ingest.yaml (max_pixels 50 M,
+element, so that file is "a DICOM without PixelData". The JPEG XL file is a JPEG 2000 file whose file
+meta names JPEG XL Lossless, which no installed plugin decodes. A metadata file whose header cannot be
+decoded makes its whole source one quarantined row. Outcomes assume conf/ingest.yaml (max_pixels 50 M,
 min_side 64).
 """
 from __future__ import annotations
@@ -56,6 +59,7 @@ from __future__ import annotations
 import io
 import os
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +71,8 @@ from cxrspark.sample import (ACTUALMED_HEADER, COHEN_HEADER, COVID, NORMAL, PNEU
 from cxrspark.schema import CURATED, DUPLICATE, FILTERED, QUARANTINED
 
 SEED = 20_000
+#: a transfer syntax that no installed plugin decodes (newer than the pinned pydicom's UID dictionary)
+JPEG_XL_LOSSLESS = "1.2.840.10008.1.2.4.110"
 #: curated pictures differ by at least this many bits of the reference pHash (never near duplicates)
 MIN_PHASH_DISTANCE = 18
 HTML_ERROR_PAGE = (b"<!DOCTYPE html>\n<html><head><title>404 Not Found</title></head>\n"
@@ -145,6 +151,35 @@ def dicom_without_pixels(grey: np.ndarray, patient_id: str) -> bytes:
     buf = io.BytesIO()
     ds.save_as(buf)
     return buf.getvalue()
+
+
+def compressed_dicom(grey: np.ndarray, patient_id: str, syntax: str) -> bytes:
+    """A 12-bit MONOCHROME1 CR DICOM of ``grey`` compressed by pydicom in transfer ``syntax`` (JPEG-LS,
+    JPEG 2000 or RLE lossless: decoding gives ``grey`` back when it spans 0..255)."""
+    import pydicom
+
+    ds = pydicom.dcmread(io.BytesIO(dicom_bytes(grey, patient_id, view="PA", sex="F", age="060", monochrome1=True)))
+    ds.compress(syntax)
+    buf = io.BytesIO()
+    with warnings.catch_warnings():  # the RSNA-style age '060' (see cxrspark.sample.dicom_bytes)
+        warnings.simplefilter("ignore", UserWarning)
+        ds.save_as(buf, enforce_file_format=True)
+    return buf.getvalue()
+
+
+def with_transfer_syntax(data: bytes, uid: str) -> bytes:
+    """The DICOM Part 10 file ``data`` with the Transfer Syntax UID of its file meta replaced by ``uid``
+    (also one that pydicom refuses to write, such as JPEG XL); the dataset after the meta is unchanged."""
+    import pydicom
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filewriter import write_file_meta_info
+
+    meta = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True).file_meta
+    meta.TransferSyntaxUID = uid
+    fp = DicomBytesIO()
+    write_file_meta_info(fp, meta, enforce_standard=True)
+    end_of_meta = 144 + int.from_bytes(data[140:144], "little")  # after (0002,0000) File Meta Group Length
+    return data[:132] + fp.getvalue() + data[end_of_meta:]
 
 
 def _full_range(grey: np.ndarray) -> np.ndarray:
@@ -303,6 +338,8 @@ def _kermany(c: _Corpus, out: dict[str, Any]) -> None:
 
 
 def _rsna(c: _Corpus) -> None:
+    from pydicom.uid import JPEG2000Lossless, JPEGLSLossless
+
     s = "rsna"
     specs = [
         ("no-pixels", dicom_without_pixels(c.picture(PNEUMONIA, (128, 128)), "no-pixels"),
@@ -311,7 +348,12 @@ def _rsna(c: _Corpus) -> None:
          "dicom_noise_after_magic", "unsupported_image"),
         ("truncated", dicom_bytes(c.picture(PNEUMONIA, (128, 128)), "truncated", view="PA", sex="M",
                                   age="040")[:-100], "dicom_truncated_pixel_data", "dicom_error"),
+        ("jpeg-xl", with_transfer_syntax(compressed_dicom(c.picture(PNEUMONIA, (128, 128)), "jpeg-xl",
+                                                          JPEG2000Lossless), JPEG_XL_LOSSLESS),
+         "dicom_jpeg_xl", "unsupported_transfer_syntax"),
     ]
+    grey = _full_range(c.picture(PNEUMONIA, (150, 140)))
+    specs.append(("jpeg-ls", compressed_dicom(grey, "jpeg-ls", JPEGLSLossless), "dicom_jpeg_ls_monochrome1", None))
     labels = []
     for pid, data, _, _ in specs:
         c.write(f"{s}/stage_2_train_images/{pid}.dcm", data)
@@ -319,7 +361,10 @@ def _rsna(c: _Corpus) -> None:
     c.write(f"{s}/stage_2_train_labels.csv",
             csv_text(["patientId", "x", "y", "width", "height", "Target"], labels).encode("utf-8"))
     for lineno, (pid, _, kind, reason) in enumerate(specs, start=2):
-        c.item(f"{s}:L{lineno}", kind, QUARANTINED, reason, f"stage_2_train_images/{pid}.dcm")
+        c.item(f"{s}:L{lineno}", kind, CURATED if reason is None else QUARANTINED, reason,
+               f"stage_2_train_images/{pid}.dcm")
+        if reason is None:
+            c.pixels[f"{s}:L{lineno}"] = grey
 
 
 def make_hostile_tree(root: Path | str) -> dict[str, Any]:

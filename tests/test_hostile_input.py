@@ -135,7 +135,7 @@ def test_hostile_corpus_gets_its_documented_outcomes_and_nothing_outside_is_read
 
     quarantine = pd.read_parquet(out / "quarantine").set_index("record_id")
     decode_codes = {"corrupt_image", "empty_file", "not_an_image", "decompression_bomb", "too_small",
-                    "unsupported_image", "dicom_error"}
+                    "unsupported_image", "unsupported_transfer_syntax", "dicom_error"}
     for rid, row in quarantine.iterrows():
         assert row["stage"] == ("decode" if want[rid][1] in decode_codes else "metadata"), (rid, row["stage"])
     assert "['finding']" in quarantine.loc["cohen_nocol:L2", "reason"]
@@ -149,13 +149,15 @@ def test_hostile_corpus_gets_its_documented_outcomes_and_nothing_outside_is_read
     def stored(rid: str) -> np.ndarray:
         return np.frombuffer(cur.loc[rid, "image"], np.uint8).reshape(SIZE, SIZE).astype(int)
 
-    for kind in ("png_16_bit", "png_palette_transparency"):  # lossless: exactly the expected pixels
+    for kind in ("png_16_bit", "png_palette_transparency", "dicom_jpeg_ls_monochrome1"):  # lossless: exact
         rid = kind_of[kind]
         expected = manifest["pixels"][rid]
         assert cur.loc[rid, "pixel_sha256"] == pixel_sha256(expected), kind
         np.testing.assert_array_equal(stored(rid), resize(expected, SIZE, "pad"))
     assert cur.loc[kind_of["png_16_bit"], "orig_mode"].startswith("I;16")
     assert cur.loc[kind_of["png_palette_transparency"], "orig_mode"] == "P"
+    assert cur.loc[kind_of["dicom_jpeg_ls_monochrome1"], "orig_mode"] == "MONOCHROME1"
+    assert "JPEG XL Lossless (1.2.840.10008.1.2.4.110)" in quarantine.loc[kind_of["dicom_jpeg_xl"], "reason"]
     for kind, mode in (("jpeg_cmyk", "CMYK"), ("jpeg_exif_rotated", "L")):  # lossy: close to the expected
         rid = kind_of[kind]
         expected = manifest["pixels"][rid]

@@ -2,10 +2,15 @@
 
 The format is detected from the content, never from a file name. Every failure is a `DecodeError` with a
 short `reason` code (empty_file, not_an_image, corrupt_image, decompression_bomb, too_small,
-unsupported_image, dicom_error) so the pipeline can quarantine bad files by reason. Image size is checked
-from the header before any pixels are decoded (more than `max_pixels` pixels: decompression_bomb; a side
-shorter than `min_side`: too_small, e.g. a 1x1 tracking pixel or icon), and truncated files are rejected
-(Pillow's LOAD_TRUNCATED_IMAGES is left False).
+unsupported_image, unsupported_transfer_syntax, dicom_error) so the pipeline can quarantine bad files by
+reason. Image size is checked from the header before any pixels are decoded (more than `max_pixels` pixels:
+decompression_bomb; a side shorter than `min_side`: too_small, e.g. a 1x1 tracking pixel or icon), and
+truncated files are rejected (Pillow's LOAD_TRUNCATED_IMAGES is left False).
+
+Compressed DICOM is decoded by pydicom's plugins (python-gdcm, pylibjpeg-openjpeg, pyjpegls, Pillow):
+JPEG baseline, JPEG lossless (8 to 16 bits), JPEG-LS, JPEG 2000 and RLE. A transfer syntax that no
+installed plugin decodes (JPEG XL, video, 12-bit JPEG Extended, a private one) is
+unsupported_transfer_syntax with the syntax named; a file whose compressed data is broken is dicom_error.
 """
 from __future__ import annotations
 
@@ -16,7 +21,8 @@ from dataclasses import dataclass
 import numpy as np
 import pydicom
 from PIL import Image, ImageOps, JpegImagePlugin, UnidentifiedImageError
-from pydicom.pixels import apply_modality_lut, apply_voi_lut
+from pydicom.pixels import apply_modality_lut, apply_voi_lut, get_decoder
+from pydicom.uid import JPEGExtended12Bit, UID
 
 DICOM_MAGIC_OFFSET = 128
 DICOM_MAGIC = b"DICM"
@@ -31,6 +37,13 @@ _VIA_RGB_MODES = ("CMYK", "YCbCr")
 _WIDE_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
 #: DICOM photometric interpretations that pydicom decodes to RGB
 _DICOM_COLOUR = ("RGB", "YBR_FULL", "YBR_FULL_422", "YBR_ICT", "YBR_RCT")
+#: transfer syntaxes newer than pydicom's UID dictionary, named here so that their quarantine rows say what they are
+_NEWER_SYNTAXES = {
+    "1.2.840.10008.1.2.4.110": "JPEG XL Lossless",
+    "1.2.840.10008.1.2.4.111": "JPEG XL JPEG Recompression",
+    "1.2.840.10008.1.2.4.112": "JPEG XL",
+    "1.2.840.10008.1.2.8.1": "Deflated Image Frame Compression",
+}
 
 
 class DecodeError(Exception):
@@ -150,6 +163,9 @@ def _decode_dicom(data: bytes, max_pixels: int, min_side: int) -> Decoded:
     _check_size(rows, cols, max_pixels, min_side)
     if photometric not in ("MONOCHROME1", "MONOCHROME2") + _DICOM_COLOUR:
         raise DecodeError("unsupported_image", f"unsupported PhotometricInterpretation {photometric!r}")
+    unsupported = _unsupported_syntax(ds)
+    if unsupported:
+        raise DecodeError("unsupported_transfer_syntax", unsupported)
     try:
         ds.pixel_array_options(index=0)  # only the first frame of a multi-frame image
         arr = ds.pixel_array
@@ -165,3 +181,24 @@ def _decode_dicom(data: bytes, max_pixels: int, min_side: int) -> Decoded:
     if photometric == "MONOCHROME1":  # low values are bright: invert so bone is bright, as MONOCHROME2
         arr = -np.asarray(arr, dtype=np.float64)
     return Decoded(_minmax_uint8(arr), "DICOM", photometric, rows, cols)
+
+
+def _unsupported_syntax(ds: pydicom.Dataset) -> str | None:
+    """Why no installed pydicom plugin can decode the pixel data of `ds`, naming its transfer syntax; None
+    when one can (or the file has no Transfer Syntax UID, which pydicom reports itself)."""
+    tsyntax = getattr(ds, "file_meta", {}).get("TransferSyntaxUID")
+    if not tsyntax:
+        return None
+    tsyntax = UID(str(tsyntax))
+    name = _NEWER_SYNTAXES.get(tsyntax, tsyntax.name if tsyntax.name != tsyntax else "unknown transfer syntax")
+    try:
+        decoder = get_decoder(tsyntax)
+    except NotImplementedError:
+        return f"{name} ({tsyntax}): pydicom has no decoder for it"
+    if not decoder.is_available:
+        return f"{name} ({tsyntax}): no decoding plugin installed ({'; '.join(decoder.missing_dependencies)})"
+    bits = ds.get("BitsStored") or 8
+    if tsyntax == JPEGExtended12Bit and bits > 8 and "pylibjpeg" not in decoder.available_plugins:
+        # pydicom's GDCM and Pillow plugins decode only 8-bit JPEG Extended
+        return f"{name} ({tsyntax}) with {bits}-bit samples: only pylibjpeg-libjpeg decodes it, not installed"
+    return None
