@@ -31,3 +31,4 @@ store="$(pwd)/out/demo/mlflow/mlflow.db"
 echo
 echo "Look at the runs (training: parameters, curves, per-class tables, the model; evaluation: CIs, pictures, MODEL_CARD.md):"
 echo "  .venv/bin/mlflow ui --backend-store-uri sqlite:///$store"
+echo "  then open http://127.0.0.1:5000/#/experiments?workflowType=machine_learning (the UI's \"Model training\" view)"
