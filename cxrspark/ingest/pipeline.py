@@ -76,6 +76,9 @@ def _stages(spark: SparkSession, cfg: Config, out: AtomicDir, track: StageTracke
     log(f"ingest: {n_input} input rows from {len([s for s in cfg.sources if s.enabled])} sources")
     for problem in source_problems:
         log(f"ingest: WARNING source {problem['source']!r} could not be read: {problem['error']}")
+    identity = identity_warnings(cfg)
+    for name, warning in identity.items():
+        log(f"ingest: WARNING source {name!r}: {warning}")
     # shuffles of per-image bookkeeping rows grow with the input; a cluster's setting may be higher
     parts = max(int(spark.conf.get("spark.sql.shuffle.partitions")), -(-n_input // ing.partitions.shuffle_rows))
     spark.conf.set("spark.sql.shuffle.partitions", str(parts))
@@ -111,7 +114,7 @@ def _stages(spark: SparkSession, cfg: Config, out: AtomicDir, track: StageTracke
         _write(spark, out, ing, placed, early, bad, dd)
 
     with track.stage("summary"):
-        summary = _summary(spark, cfg, out, n_input, dd)
+        summary = _summary(spark, cfg, out, n_input, dd, identity)
     shutil.rmtree(out.path("_work"), ignore_errors=True)
     summary["source_problems"] = source_problems
     summary["input_rows_per_source"] = dict(sorted(per_source.items()))
@@ -172,7 +175,8 @@ def _write(spark: SparkSession, out: AtomicDir, ing, placed: DataFrame, early: D
                  out.path("duplicates"))
 
 
-def _summary(spark: SparkSession, cfg: Config, out: AtomicDir, n_input: int, dd: DedupResult) -> dict:
+def _summary(spark: SparkSession, cfg: Config, out: AtomicDir, n_input: int, dd: DedupResult,
+             identity: dict[str, str]) -> dict:
     """Counts, reasons, the curated table and the dataset hash, from what was WRITTEN (Spark
     aggregations; nothing per image reaches the driver), and the reconciliation with the input."""
     ing = cfg.ingest
@@ -218,9 +222,47 @@ def _summary(spark: SparkSession, cfg: Config, out: AtomicDir, n_input: int, dd:
         "dedup": {**{k: v for k, v in dd.stats.items() if not k.startswith("seconds_")},
                   "linked_patient_keys": len(dd.patient_links), "keep_rule": KEEP_RULE},
         "lungs": lungs,
+        "identity": _identity_summary(read[CURATED], identity),
         "dataset_hash": dataset_hash,
         "config": config,
     }
+
+
+def identity_warnings(cfg: Config) -> dict[str, str]:
+    """Source name -> the adapter's warning that its patient ids do not identify patients."""
+    from cxrspark.sources import make_adapter
+
+    out = {}
+    for s in cfg.sources:
+        if not s.enabled:
+            continue
+        try:
+            warning = make_adapter(s.kind, s.name, s.root, s.options).identity_warning()
+        except (KeyError, ValueError):  # an adapter that cannot be built is already a quarantined row
+            continue
+        if warning:
+            out[s.name] = warning
+    return out
+
+
+def _identity_summary(curated: DataFrame, warnings: dict[str, str]) -> dict:
+    """Per source: curated images, how many kept the source's own patient key (split as that source's
+    patients) and how many carry another key space's (e.g. ``nih:`` through a cross-archive link), and
+    the identity warning where the source's ids are known not to identify patients."""
+    own = F.col("patient_key").startswith(F.concat(F.col("source"), F.lit(":")))
+    rows = (curated.groupBy("source")
+            .agg(F.count("*").alias("n"), F.sum(own.cast("int")).alias("own")).collect())
+    out = {}
+    for r in sorted(rows, key=lambda r: r["source"]):
+        entry = {"curated_images": int(r["n"]), "own_patient_keys": int(r["own"] or 0),
+                 "linked_patient_keys": int(r["n"]) - int(r["own"] or 0)}
+        if r["source"] in warnings:
+            entry.update(warning=warnings[r["source"]], images_split_as_own_patients=entry["own_patient_keys"])
+        out[r["source"]] = entry
+    for name, warning in warnings.items():
+        out.setdefault(name, {"curated_images": 0, "own_patient_keys": 0, "linked_patient_keys": 0,
+                              "warning": warning, "images_split_as_own_patients": 0})
+    return out
 
 
 #: the curated rows are hashed in this many buckets (by record_id) in the executors; the driver hashes

@@ -118,6 +118,12 @@ class SourceAdapter(ABC):
             return None, "missing_file: no file name"
         return PATH_SEP.join(paths), None
 
+    def identity_warning(self) -> str | None:
+        """A warning when this source's patient ids are known not to identify patients (e.g. per-image
+        ids): the ingest logs it and its summary counts the images split as their own patients.
+        Default: None."""
+        return None
+
     def file_fields(self, path: str) -> dict[str, Any]:
         """Fields read from the file itself (e.g. a DICOM header): SourceRecord field -> value, and
         ``provenance`` -> a dict merged into the record's. Runs in the executors, once per existing file.

@@ -93,10 +93,31 @@ class DarkCovidNetAdapter(ClassFolderAdapter):
     images of the Cohen collection under their original file names, often re-cropped (so pixel
     hashes miss them). An image whose file name is in that Cohen ``metadata.csv`` gets the patient
     key ``NAME:<patientid>``, the key the Cohen source gives the original, and the patient split
-    keeps copy and original in one split. PATH is relative to the working directory."""
+    keeps copy and original in one split. PATH is relative to the working directory.
+
+    Option ``nih_metadata: PATH``: NIH ChestX-ray14's ``Data_Entry_2017*.csv`` (gzipped or not). The
+    No_findings and Pneumonia folders re-publish NIH images under their NIH names; an image whose name is
+    in that file gets NIH's cross-archive key ``nih:<Patient ID>``, the key the ``nih`` (and ``rsna``, with
+    its NIH map) adapters give the same person, so NIH images arriving through several collections are
+    one patient. Only this source's NIH-named files are looked up (state of this source's size)."""
     kind = "darkcovidnet"
-    default_options = {"subdir": "X-Ray Image DataSet", "link_patients": None}
+    default_options = {"subdir": "X-Ray Image DataSet", "link_patients": None, "nih_metadata": None}
     _links: dict[str, str] | None = None
+    _nih: dict[str, str] | None = None
+
+    def nih_patients(self) -> dict[str, str]:
+        """NIH image name -> NIH Patient ID for this source's NIH-named files (empty without nih_metadata)."""
+        if self._nih is None:
+            self._nih = {}
+            if self.options.get("nih_metadata"):
+                from cxrspark.sources.nih import nih_patient_ids
+
+                names = {p.name for cls in self.class_folders() for p in self.images(cls) if _NIH_NAME.match(p.name)}
+                try:
+                    self._nih = nih_patient_ids(self.options["nih_metadata"], names)
+                except SourceError as exc:
+                    raise SourceError(f"source {self.name!r}: {exc}") from exc
+        return self._nih
 
     def links(self) -> dict[str, str]:
         """File name -> linked patient key, from the configured metadata (empty without one)."""
@@ -128,7 +149,17 @@ class DarkCovidNetAdapter(ClassFolderAdapter):
     def describe(self, image: Path, cls: ClassFolder) -> tuple[str, str, dict[str, Any]]:
         m = _NIH_NAME.match(image.name)
         if m:  # NIH ChestX-ray8: <8-digit patient id>_<3-digit follow-up number>.png
-            return m.group(1), cls.finding, {"nih_followup": m.group(2)}
+            extra: dict[str, Any] = {"nih_followup": m.group(2)}
+            if self.options.get("nih_metadata"):
+                from cxrspark.sources.nih import nih_key
+
+                nih_pid = self.nih_patients().get(image.name)
+                if nih_pid is None:
+                    extra["identity_rule"] = "unlinked: image name not in the NIH metadata"
+                else:
+                    extra.update(linked_patient_key=nih_key(nih_pid), darkcovidnet_patient_id=m.group(1),
+                                 identity_rule="nih_metadata: image name in the NIH metadata, its Patient ID")
+            return m.group(1), cls.finding, extra
         linked = self.links().get(image.name)
         return image.stem, cls.finding, ({"linked_patient_key": linked} if linked else {})
 

@@ -32,8 +32,10 @@ Traps handled:
 * ``Patient Gender`` is ``Patient Sex`` in some copies; ``Patient Age`` is ``58`` or ``058Y``; a few ages
   are impossible (e.g. 148, 414: the age is then None, ``age_raw`` keeps the text).
 * ``Patient ID`` is written ``1`` while file names carry ``00000001``: the patient id is zero-padded to
-  the 8 digits of the file names, the form the ``darkcovidnet`` adapter takes from NIH file names, so one
-  NIH patient gets the same id through both sources. In the 2020 file ``Follow-up #`` is not the number
+  the 8 digits of the file names. The patient key is ``nih:<8 digits>`` whatever the source is named
+  (:func:`nih_key`): the cross-archive key that the ``rsna`` adapter (with its NIH map) and the
+  ``darkcovidnet`` adapter (with ``nih_metadata``) give the NIH images they re-publish, so one NIH patient
+  is one split unit through every collection. In the 2020 file ``Follow-up #`` is not the number
   in the file name for 24,106 rows (both are kept: ``followup``, ``nih_followup``).
 * An empty ``Image Index``, or one that repeats an earlier row's (it would repeat a record id), makes the
   row a ``malformed_row`` record.
@@ -56,8 +58,11 @@ rule does not count it (``Pneumonia`` when ``pneumonia_findings`` leaves it out)
 """
 from __future__ import annotations
 
+import csv
+import gzip
 import re
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 from cxrspark.labels import NORMAL, PNEUMONIA, normalise_finding
@@ -100,6 +105,41 @@ def nih_finding(finding_labels: str, pneumonia_findings: list[str] | tuple[str, 
     return f"{raw.replace('/', '|')}{NOT_COUNTED}", rule
 
 
+#: the cross-archive patient key space of NIH ChestX-ray14: ``nih:<8-digit Patient ID>``, whatever the source
+#: is named and whichever collection an NIH image arrives through (nih, rsna with its NIH map, darkcovidnet
+#: with the NIH metadata), so one person is one split unit
+NIH_KEY_SPACE = "nih"
+
+
+def nih_key(patient_id: str) -> str:
+    pid = text(patient_id)
+    return f"{NIH_KEY_SPACE}:{pid.zfill(8) if pid.isdigit() else pid}"
+
+
+def nih_patient_ids(path: str | Path, wanted: set[str] | None = None) -> dict[str, str]:
+    """``Image Index`` -> 8-digit ``Patient ID`` from an NIH ``Data_Entry_2017*.csv`` (gzipped or not),
+    read line by line; with ``wanted``, only those images are kept (a collection that re-publishes a few
+    NIH images holds state of its own size, not NIH's 112,120 rows)."""
+    path = Path(path)
+    if not path.is_file():
+        raise SourceError(f"NIH metadata {path} does not exist")
+    opener = gzip.open if path.suffix == ".gz" else open
+    out: dict[str, str] = {}
+    with opener(path, "rt", newline="", encoding="utf-8", errors="replace") as fh:
+        reader = csv.reader(fh)
+        header = [h.strip() for h in next(reader, [])]
+        if "Image Index" not in header or "Patient ID" not in header:
+            raise SourceError(f"NIH metadata {path} has no 'Image Index' and 'Patient ID' columns")
+        i_image, i_patient = header.index("Image Index"), header.index("Patient ID")
+        for row in reader:
+            if len(row) <= max(i_image, i_patient):
+                continue
+            image, pid = row[i_image].strip(), row[i_patient].strip()
+            if image and pid and (wanted is None or image in wanted):
+                out[image] = pid.zfill(8) if pid.isdigit() else pid
+    return out
+
+
 @register
 class NihAdapter(SourceAdapter):
     kind = "nih"
@@ -115,6 +155,11 @@ class NihAdapter(SourceAdapter):
             raise ValueError(f"source {name!r} (nih): pneumonia_findings must be a list of finding names, "
                              f"got {findings!r}")
         self.pneumonia_findings = [f.strip() for f in findings if f.strip()]
+
+    def key(self, patient_id: str) -> str:
+        """``nih:<Patient ID>`` whatever this source is named: the key space other collections of NIH
+        images link to."""
+        return nih_key(patient_id)
 
     # ---- layout -------------------------------------------------------------------------------------
     def metadata_name(self) -> str:

@@ -9,21 +9,43 @@ Target 1 -> 'Lung Opacity' (the pneumonia label); Target 0 -> the detailed class
 'No Lung Opacity / Not Normal', which is unusable); Target 0 without class info -> unusable.
 View, sex, age and modality come from the DICOM header, read per file in the executors
 (:meth:`RsnaAdapter.file_fields`; pixels are not read there).
+
+Patient identity: RSNA's ``patientId`` is a per-IMAGE id. The 26,684 images were made from NIH
+ChestX-ray14 films of far fewer patients, so splitting by ``patientId`` can put one person's films in
+train and test. Option ``nih_map: {matches: PATH, metadata: PATH, max_mse: 10}`` (paths relative to the
+working directory) fixes that: ``matches`` is an RSNA -> NIH image map (CSV ``patientId,nih_image_index,mse``,
+e.g. torchxrayvision's pixel matching, where MSE <= 10 is a match) and ``metadata`` NIH's
+``Data_Entry_2017*.csv`` (optional: without it the NIH patient is the 8-digit prefix of the image name,
+which is how NIH names its files). A matched image gets the cross-archive key ``nih:<Patient ID>``
+(the key the ``nih`` and ``darkcovidnet`` adapters give the same person); its provenance keeps the RSNA
+id, the NIH image, the MSE and the rule (``identity_rule``), and an image the map does not link says why.
+Without the map the ingest warns and its summary (``identity``) counts the RSNA images split as their
+own patients. The map is read on the driver: one entry per RSNA image, the size of this source's own
+metadata, which this adapter holds anyway to merge the per-box rows.
 """
 from __future__ import annotations
 
+import csv
+import gzip
+import re
 import warnings
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 from cxrspark.schema import SourceRecord
 from cxrspark.sources._common import text, unreadable_row
-from cxrspark.sources.base import (SourceAdapter, normalise_modality, normalise_sex,
+from cxrspark.sources.base import (SourceAdapter, SourceError, normalise_modality, normalise_sex,
                                    normalise_view, parse_age, register)
+from cxrspark.sources.nih import nih_key, nih_patient_ids
 
 LUNG_OPACITY = "Lung Opacity"
 CLASS_MISSING = "No Lung Opacity (class info missing)"
 CLASS_CONTRADICTS = "Lung Opacity class with Target 0"
+_NIH_NAME = re.compile(r"^(\d{8})_\d{3}\.png$", re.IGNORECASE)
+UNLINKED_WARNING = ("RSNA patientId is a per-image id (its images come from NIH ChestX-ray14 patients): "
+                    "without options.nih_map every RSNA image is split as its own patient, so one person's "
+                    "films can land in different splits")
 
 
 def read_header(path: str) -> tuple[dict[str, Any], str | None]:
@@ -54,7 +76,56 @@ class RsnaAdapter(SourceAdapter):
         "image_dir": "stage_2_train_images",
         "encoding": "utf-8",
         "read_headers": True,
+        "nih_map": None,
     }
+
+    def identity_warning(self) -> str | None:
+        return None if self.options["nih_map"] else UNLINKED_WARNING
+
+    def nih_links(self) -> dict[str, dict[str, Any]]:
+        """RSNA patientId -> {nih_image_index, nih_mse, nih_patient_id or None, why (when not linked)}, from
+        ``options.nih_map`` (empty without it)."""
+        spec = self.options["nih_map"]
+        if not spec:
+            return {}
+        if not isinstance(spec, dict) or "matches" not in spec or set(spec) - {"matches", "metadata", "max_mse"}:
+            raise SourceError(f"source {self.name!r}: nih_map needs {{matches: PATH, metadata: PATH, max_mse: N}}")
+        matches, max_mse = Path(spec["matches"]), float(spec.get("max_mse", 10.0))
+        if not matches.is_file():
+            raise SourceError(f"source {self.name!r}: nih_map matches {matches} does not exist")
+        links: dict[str, dict[str, Any]] = {}
+        opener = gzip.open if matches.suffix == ".gz" else open
+        with opener(matches, "rt", newline="", encoding="utf-8", errors="replace") as fh:
+            for row in csv.DictReader(fh):
+                rid, image = text(row.get("patientId")), text(row.get("nih_image_index"))
+                if not rid or not image:
+                    continue
+                try:
+                    mse = float(row.get("mse") or "nan")
+                except ValueError:
+                    mse = float("nan")
+                link = {"nih_image_index": image, "nih_mse": round(mse, 3) if mse == mse else None,
+                        "nih_patient_id": None}
+                if not mse <= max_mse:
+                    link["why"] = f"nih_map: best NIH match has mse above max_mse {max_mse:g}"
+                links[rid] = link
+        if spec.get("metadata"):
+            patients = nih_patient_ids(spec["metadata"], {v["nih_image_index"] for v in links.values()})
+            rule = f"image in the NIH metadata {Path(spec['metadata']).name}"
+        else:
+            patients = {v["nih_image_index"]: m.group(1) for v in links.values()
+                        if (m := _NIH_NAME.match(v["nih_image_index"]))}
+            rule = "the NIH image name's 8-digit patient prefix"
+        for link in links.values():
+            if "why" in link:
+                continue
+            pid = patients.get(link["nih_image_index"])
+            if pid is None:
+                link["why"] = f"nih_map: NIH image {link['nih_image_index']!r} not found ({rule})"
+            else:
+                link["nih_patient_id"] = pid
+                link["rule"] = f"rsna_nih_map: pixels matched (mse <= {max_mse:g}), patient from {rule}"
+        return links
 
     def file_fields(self, path: str) -> dict[str, Any]:
         """View, sex, age and modality from the DICOM header (read in the executors, once per file)."""
@@ -91,6 +162,7 @@ class RsnaAdapter(SourceAdapter):
         self.check_root()
         labels = self.options["labels"]
         classes, class_sets = self._class_info()
+        self._links = self.nih_links()
         # entries in order of first appearance: ("bad", record) or ("patient", patientId)
         order: list[tuple[str, Any]] = []
         patients: dict[str, dict[str, Any]] = {}
@@ -142,12 +214,22 @@ class RsnaAdapter(SourceAdapter):
             provenance["class"] = cls
             if len(class_sets.get(pid, ())) > 1:
                 provenance["classes"] = sorted(class_sets[pid])
+        linked = None
+        if self.options["nih_map"]:
+            link = self._links.get(pid) or {"why": "nih_map: no NIH image matched"}
+            provenance.update({k: v for k, v in link.items() if k not in ("why", "rule", "nih_patient_id")})
+            if link.get("nih_patient_id"):
+                linked = nih_key(link["nih_patient_id"])
+                provenance.update(identity_rule=link["rule"], rsna_patient_id=pid)
+            else:
+                provenance["identity_rule"] = f"unlinked: {link['why']}"
         return self.record(
             f"L{entry['line']}",
             source_path=source_path,
             path=path,
             finding=finding,
             patient_id=pid,
+            linked_patient_key=linked,
             license=None,
             provenance=provenance,
             error=error,
