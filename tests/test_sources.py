@@ -14,8 +14,8 @@ from cxrspark.sample import dicom_bytes, encode, synthetic_cxr, xlsx_bytes
 from cxrspark.schema import SourceRecord
 from cxrspark.sources import SourceAdapter, SourceError, adapter_kinds, make_adapter
 
-ALL_KINDS = ["actualmed", "bimcv", "cohen", "covid_radiography", "darkcovidnet", "figure1", "kermany", "mhh", "nih",
-             "padchest", "rsna"]
+ALL_KINDS = ["actualmed", "bimcv", "chexpert", "cohen", "covid_radiography", "darkcovidnet", "figure1", "kermany",
+             "mhh", "mimic", "nih", "padchest", "rsna"]
 
 
 def read(kind: str, root: Path, name: str | None = None, **options) -> list[SourceRecord]:
