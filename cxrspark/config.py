@@ -450,6 +450,18 @@ class PredictConfig(_Section):
     threads: int = Field(1, ge=1)
 
 
+class AuditConfig(_Section):
+    """jobs/audit.py: the leaks of a split someone else published (see cxrspark/audit.py)."""
+    #: summary.json and leaks/ (Parquet) go here
+    output: str = "out/audit"
+    #: the provenance field that holds each record's published split
+    split_field: str = "published_split"
+    #: also look for duplicate images across the published splits, by pixels, where the files exist
+    pixels: bool = True
+    #: the audit's MLflow run goes to this experiment (the tracking URI is train.mlflow's)
+    experiment: str = "cxrspark-audit"
+
+
 class Config(_Section):
     sources: list[SourceConfig] = Field(default_factory=list)
     ingest: IngestConfig = Field(default_factory=IngestConfig)
@@ -459,6 +471,7 @@ class Config(_Section):
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
     predict: PredictConfig = Field(default_factory=PredictConfig)
     loso: LosoConfig = Field(default_factory=LosoConfig)
+    audit: AuditConfig = Field(default_factory=AuditConfig)
 
     @field_validator("sources")
     @classmethod

@@ -14,8 +14,8 @@ from cxrspark.sample import dicom_bytes, encode, synthetic_cxr, xlsx_bytes
 from cxrspark.schema import SourceRecord
 from cxrspark.sources import SourceAdapter, SourceError, adapter_kinds, make_adapter
 
-ALL_KINDS = ["actualmed", "bimcv", "chexpert", "cohen", "covid_radiography", "darkcovidnet", "figure1", "kermany",
-             "mhh", "mimic", "nih", "padchest", "ricord", "rsna", "vindr"]
+ALL_KINDS = ["actualmed", "bimcv", "chexpert", "cohen", "covid_radiography", "covidx", "darkcovidnet", "figure1",
+             "kermany", "mhh", "mimic", "nih", "padchest", "ricord", "rsna", "vindr"]
 
 
 def read(kind: str, root: Path, name: str | None = None, **options) -> list[SourceRecord]:

@@ -153,6 +153,8 @@ class DedupResult:
     #: pairs of patient keys that verified copies link (same image under two patient keys)
     patient_links: list[tuple[str, str]]
     stats: dict = field(default_factory=dict)
+    #: record_id -> group id for the members of the groups in ``conflicts``
+    conflict_groups: dict[str, str] = field(default_factory=dict)
 
 
 def find_duplicates(spark: SparkSession, ok: DataFrame, dd: DedupConfig, source_order: list[str], work: str,
@@ -245,7 +247,7 @@ def find_duplicates(spark: SparkSession, ok: DataFrame, dd: DedupConfig, source_
                              f"{r['rotation']:.1f} deg, overlap {r['overlap']:.2f}, detail {r['detail']:.3f} "
                              f"({how}{', through ' + k[0] + ' ~ ' + k[1] if k != (min(x, rep), max(x, rep)) else ''})")}
 
-    membership, report, conflicts = {}, [], {}
+    membership, report, conflicts, conflict_groups = {}, [], {}, {}
     for ids in sorted(groups, key=lambda g: min(g)):
         rep = ids[0]
         group_id = f"dup:{min(ids)}"
@@ -253,6 +255,7 @@ def find_duplicates(spark: SparkSession, ok: DataFrame, dd: DedupConfig, source_
         if len(labels) > 1:
             for i in ids:
                 conflicts[i] = f"duplicate_label_conflict: {group_id} of {len(ids)} images has labels {labels}"
+                conflict_groups[i] = group_id
             continue
         for i in ids:
             membership[i] = (group_id, rep)
@@ -275,7 +278,7 @@ def find_duplicates(spark: SparkSession, ok: DataFrame, dd: DedupConfig, source_
     stats["groups"] = len({g for g, _ in membership.values()})
     stats["conflict_groups"] = len({r.split(" of ")[0] for r in conflicts.values()})
     stats["seconds_groups"] = round(time.time() - t0, 2)
-    return DedupResult(membership, report, conflicts, links, stats)
+    return DedupResult(membership, report, conflicts, links, stats, conflict_groups)
 
 
 REPORT_DDL = ("record_id string, source string, source_path string, patient_key string, label string, "

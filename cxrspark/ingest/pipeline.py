@@ -246,18 +246,22 @@ def identity_warnings(cfg: Config) -> dict[str, str]:
 
 
 def _identity_summary(curated: DataFrame, warnings: dict[str, str]) -> dict:
-    """Per source: curated images, how many kept the source's own patient key (split as that source's
-    patients) and how many carry another key space's (e.g. ``nih:`` through a cross-archive link), and
-    the identity warning where the source's ids are known not to identify patients."""
+    """Per source: curated images, how many kept the source's own patient key and how many carry another
+    key space's (e.g. ``nih:`` through a cross-archive link), how many have a per-image id for a patient
+    id (``provenance.per_image_id``: each is split as its own patient), and the source's identity warning."""
     own = F.col("patient_key").startswith(F.concat(F.col("source"), F.lit(":")))
+    per_image = F.get_json_object("provenance", "$.per_image_id") == F.lit("true")
     rows = (curated.groupBy("source")
-            .agg(F.count("*").alias("n"), F.sum(own.cast("int")).alias("own")).collect())
+            .agg(F.count("*").alias("n"), F.sum(own.cast("int")).alias("own"),
+                 F.sum(per_image.cast("int")).alias("per_image")).collect())
     out = {}
     for r in sorted(rows, key=lambda r: r["source"]):
         entry = {"curated_images": int(r["n"]), "own_patient_keys": int(r["own"] or 0),
                  "linked_patient_keys": int(r["n"]) - int(r["own"] or 0)}
+        if r["source"] in warnings or r["per_image"]:
+            entry["images_split_as_own_patients"] = int(r["per_image"] or 0)
         if r["source"] in warnings:
-            entry.update(warning=warnings[r["source"]], images_split_as_own_patients=entry["own_patient_keys"])
+            entry["warning"] = warnings[r["source"]]
         out[r["source"]] = entry
     for name, warning in warnings.items():
         out.setdefault(name, {"curated_images": 0, "own_patient_keys": 0, "linked_patient_keys": 0,

@@ -120,8 +120,8 @@ class SourceAdapter(ABC):
 
     def identity_warning(self) -> str | None:
         """A warning when this source's patient ids are known not to identify patients (e.g. per-image
-        ids): the ingest logs it and its summary counts the images split as their own patients.
-        Default: None."""
+        ids): the ingest logs it. The records concerned carry ``provenance.per_image_id = true`` and the
+        summary counts them (the images split as their own patients). Default: None."""
         return None
 
     def file_fields(self, path: str) -> dict[str, Any]:

@@ -67,6 +67,53 @@ def read_header(path: str) -> tuple[dict[str, Any], str | None]:
     return out, None
 
 
+def load_nih_map(spec: Any, source: str) -> dict[str, dict[str, Any]]:
+    """RSNA patientId -> {nih_image_index, nih_mse, nih_patient_id or None, rule | why} from an ``nih_map``
+    option ``{matches: PATH, metadata: PATH, max_mse: 10}`` (see the module docstring). Used by every
+    source that carries RSNA images (rsna, covidx)."""
+    if not isinstance(spec, dict) or "matches" not in spec or set(spec) - {"matches", "metadata", "max_mse"}:
+        raise SourceError(f"source {source!r}: nih_map needs {{matches: PATH, metadata: PATH, max_mse: N}}")
+    matches, max_mse = Path(spec["matches"]), float(spec.get("max_mse", 10.0))
+    if not matches.is_file():
+        raise SourceError(f"source {source!r}: nih_map matches {matches} does not exist")
+    links: dict[str, dict[str, Any]] = {}
+    opener = gzip.open if matches.suffix == ".gz" else open
+    with opener(matches, "rt", newline="", encoding="utf-8", errors="replace") as fh:
+        for row in csv.DictReader(fh):
+            rid, image = text(row.get("patientId")), text(row.get("nih_image_index"))
+            if not rid or not image:
+                continue
+            try:
+                mse = float(row.get("mse") or "nan")
+            except ValueError:
+                mse = float("nan")
+            link = {"nih_image_index": image, "nih_mse": round(mse, 3) if mse == mse else None,
+                    "nih_patient_id": None}
+            if not mse <= max_mse:
+                link["why"] = f"nih_map: best NIH match has mse above max_mse {max_mse:g}"
+            links[rid] = link
+    if spec.get("metadata"):
+        try:
+            patients = nih_patient_ids(spec["metadata"], {v["nih_image_index"] for v in links.values()})
+        except SourceError as exc:
+            raise SourceError(f"source {source!r}: {exc}") from exc
+        rule = f"image in the NIH metadata {Path(spec['metadata']).name}"
+    else:
+        patients = {v["nih_image_index"]: m.group(1) for v in links.values()
+                    if (m := _NIH_NAME.match(v["nih_image_index"]))}
+        rule = "the NIH image name's 8-digit patient prefix"
+    for link in links.values():
+        if "why" in link:
+            continue
+        pid = patients.get(link["nih_image_index"])
+        if pid is None:
+            link["why"] = f"nih_map: NIH image {link['nih_image_index']!r} not found ({rule})"
+        else:
+            link["nih_patient_id"] = pid
+            link["rule"] = f"rsna_nih_map: pixels matched (mse <= {max_mse:g}), patient from {rule}"
+    return links
+
+
 @register
 class RsnaAdapter(SourceAdapter):
     kind = "rsna"
@@ -83,49 +130,9 @@ class RsnaAdapter(SourceAdapter):
         return None if self.options["nih_map"] else UNLINKED_WARNING
 
     def nih_links(self) -> dict[str, dict[str, Any]]:
-        """RSNA patientId -> {nih_image_index, nih_mse, nih_patient_id or None, why (when not linked)}, from
-        ``options.nih_map`` (empty without it)."""
-        spec = self.options["nih_map"]
-        if not spec:
-            return {}
-        if not isinstance(spec, dict) or "matches" not in spec or set(spec) - {"matches", "metadata", "max_mse"}:
-            raise SourceError(f"source {self.name!r}: nih_map needs {{matches: PATH, metadata: PATH, max_mse: N}}")
-        matches, max_mse = Path(spec["matches"]), float(spec.get("max_mse", 10.0))
-        if not matches.is_file():
-            raise SourceError(f"source {self.name!r}: nih_map matches {matches} does not exist")
-        links: dict[str, dict[str, Any]] = {}
-        opener = gzip.open if matches.suffix == ".gz" else open
-        with opener(matches, "rt", newline="", encoding="utf-8", errors="replace") as fh:
-            for row in csv.DictReader(fh):
-                rid, image = text(row.get("patientId")), text(row.get("nih_image_index"))
-                if not rid or not image:
-                    continue
-                try:
-                    mse = float(row.get("mse") or "nan")
-                except ValueError:
-                    mse = float("nan")
-                link = {"nih_image_index": image, "nih_mse": round(mse, 3) if mse == mse else None,
-                        "nih_patient_id": None}
-                if not mse <= max_mse:
-                    link["why"] = f"nih_map: best NIH match has mse above max_mse {max_mse:g}"
-                links[rid] = link
-        if spec.get("metadata"):
-            patients = nih_patient_ids(spec["metadata"], {v["nih_image_index"] for v in links.values()})
-            rule = f"image in the NIH metadata {Path(spec['metadata']).name}"
-        else:
-            patients = {v["nih_image_index"]: m.group(1) for v in links.values()
-                        if (m := _NIH_NAME.match(v["nih_image_index"]))}
-            rule = "the NIH image name's 8-digit patient prefix"
-        for link in links.values():
-            if "why" in link:
-                continue
-            pid = patients.get(link["nih_image_index"])
-            if pid is None:
-                link["why"] = f"nih_map: NIH image {link['nih_image_index']!r} not found ({rule})"
-            else:
-                link["nih_patient_id"] = pid
-                link["rule"] = f"rsna_nih_map: pixels matched (mse <= {max_mse:g}), patient from {rule}"
-        return links
+        """RSNA patientId -> {nih_image_index, nih_mse, nih_patient_id or None, rule, why (when not
+        linked)}, from ``options.nih_map`` (empty without it)."""
+        return load_nih_map(self.options["nih_map"], self.name) if self.options["nih_map"] else {}
 
     def file_fields(self, path: str) -> dict[str, Any]:
         """View, sex, age and modality from the DICOM header (read in the executors, once per file)."""
@@ -223,6 +230,8 @@ class RsnaAdapter(SourceAdapter):
                 provenance.update(identity_rule=link["rule"], rsna_patient_id=pid)
             else:
                 provenance["identity_rule"] = f"unlinked: {link['why']}"
+        if linked is None:
+            provenance["per_image_id"] = True  # RSNA's patientId names an image, not a person
         return self.record(
             f"L{entry['line']}",
             source_path=source_path,

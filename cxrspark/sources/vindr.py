@@ -283,6 +283,7 @@ class VindrAdapter(SourceAdapter):
             "metadata": metadata, "line": first_line, "rows": n_rows, "format": fmt, "consensus": rule,
             "readers": sorted(masks), "votes": {f: n for f, n in votes.items() if n},
             "consensus_findings": consensus, "label_rule": label_rule,
+            "per_image_id": True,  # VinDr has no patient ids: the image is its own patient
         }
         return self.record(image, source_path=source_path, path=path, finding=finding, patient_id=image,
                            provenance=provenance, error=error)
