@@ -170,5 +170,12 @@ def test_real_rsna_map_links_almost_every_rsna_image_to_an_nih_patient(tmp_path)
     patients = {r.patient_key for r in recs if r.patient_key.startswith("nih:")}
     expected = nih.set_index("Image Index").loc[linked["nih_image_index"], "Patient ID"].nunique()
     assert len(patients) == expected  # 26,586 RSNA images are films of this many NIH patients
+    # the label file parsed completely: one record per image, Target 1 -> Lung Opacity (Pneumonia); without
+    # the detailed class file every Target 0 image is unusable (Normal needs the class info)
+    targets = pd.read_csv(META / "rsna" / "stage_2_train_labels.csv.gz").groupby("patientId")["Target"].max()
+    findings = Counter(r.finding for r in recs)
+    assert findings == {"Lung Opacity": int((targets == 1).sum()), "No Lung Opacity (class info missing)":
+                        int((targets == 0).sum())} == {"Lung Opacity": 6_012, "No Lung Opacity (class info missing)": 20_672}
+    assert Counter(r.label for r in recs) == {"Pneumonia": 6_012, None: 20_672} and not any(r.error for r in recs)
     assert not make_adapter("rsna", "rsna", tmp_path, options).identity_warning()
     assert "per-image id" in make_adapter("rsna", "rsna", tmp_path, {}).identity_warning()
