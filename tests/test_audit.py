@@ -198,3 +198,25 @@ def test_covidx9a_audit_job_on_the_real_files(tmp_path):
     assert (leaks["split"] == "test").sum() == (leaking["split"] == "test").sum() == 129
     assert set(leaks["patient_key"].str.split(":").str[0]) == {"nih"}  # every leak comes through RSNA's NIH patients
     assert "784 of 30,530 images" in proc.stdout
+
+
+@pytest.mark.slow
+def test_covidx_tree_ingests_end_to_end(spark, covidx_tree, tmp_path):
+    """COVIDx as an ordinary source: the ingest splits by (linked) patient, whatever COVIDx's own split
+    said, and keeps COVIDx's split in the provenance."""
+    from conftest import _ingest
+
+    root = covidx_tree["root"]
+    out = _ingest(spark, [{"name": "covidx", "kind": "covidx", "root": str(root),
+                           "options": {"nih_map": {"matches": str(root / "map.csv"), "metadata": str(root / "nih.csv")}}}],
+                  tmp_path / "out", tmp_path, "ingest.image_size=64")
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["counts"] == {"curated": 8, "duplicate": 1, "filtered": 0, "quarantined": 1}
+    assert summary["reasons"] == {"duplicate/near": 1, "quarantined/malformed_row": 1}
+    cur = pd.concat([pd.read_parquet(p) for p in (out / "curated").iterdir()], ignore_index=True)
+    assert cur.groupby("split_group")["split"].nunique().max() == 1
+    nih42 = cur[cur["patient_key"] == "nih:00000042"]
+    assert len(nih42) == 2 and nih42["split"].nunique() == 1  # COVIDx put them in train and test
+    published = cur["provenance"].map(lambda p: json.loads(p)["published_split"])
+    assert set(published) == {"train", "test"}
+    assert summary["identity"]["covidx"]["images_split_as_own_patients"] == 1  # rsna:cccc-3, no NIH match

@@ -15,7 +15,7 @@ from cxrspark.schema import SourceRecord
 from cxrspark.sources import SourceAdapter, SourceError, adapter_kinds, make_adapter
 
 ALL_KINDS = ["actualmed", "bimcv", "chexpert", "cohen", "covid_radiography", "covidx", "darkcovidnet", "figure1",
-             "kermany", "mhh", "mimic", "nih", "padchest", "ricord", "rsna", "vindr"]
+             "kermany", "mhh", "mimic", "nih", "padchest", "ricord", "rsna", "split_csv", "vindr"]
 
 
 def read(kind: str, root: Path, name: str | None = None, **options) -> list[SourceRecord]:
