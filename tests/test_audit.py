@@ -220,3 +220,29 @@ def test_covidx_tree_ingests_end_to_end(spark, covidx_tree, tmp_path):
     published = cur["provenance"].map(lambda p: json.loads(p)["published_split"])
     assert set(published) == {"train", "test"}
     assert summary["identity"]["covidx"]["images_split_as_own_patients"] == 1  # rsna:cccc-3, no NIH match
+
+
+@pytest.mark.skipif(not (META / "covidx" / "train_COVIDx9A.txt").is_file(), reason="real COVIDx metadata absent")
+def test_covidx9a_label_files_parse_completely(tmp_path):
+    """Every line of the real COVIDx9A files is one record; labels, splits and origins recounted from the raw
+    text (no images needed: records() never opens a file)."""
+    from collections import Counter
+
+    from cxrspark.sources import make_adapter
+
+    opts = {"labels": ["covidx/train_COVIDx9A.txt", "covidx/test_COVIDx9A.txt"]}
+    recs = list(make_adapter("covidx", "covidx9a", META, opts).records())
+    raw = [(p[-2], p[-1], name.split("_")[0]) for name in ("train_COVIDx9A.txt", "test_COVIDx9A.txt")
+           for p in (line.split() for line in (META / "covidx" / name).read_text().splitlines() if line.strip())]
+    assert len(recs) == len(raw) == 30_530 and not any(r.error for r in recs)
+    labels = Counter(r.label for r in recs)
+    assert labels == Counter({"normal": "Normal", "pneumonia": "Pneumonia", "COVID-19": "COVID-19"}[lab] for lab, _, _ in raw)
+    assert labels == {"Normal": 8_185, "Pneumonia": 5_655, "COVID-19": 16_690}
+    assert Counter(r.provenance["published_split"] for r in recs) == {"train": 30_130, "test": 400}
+    origins = Counter(r.patient_key.split(":")[0] for r in recs)
+    assert origins["rsna"] == Counter(s for _, s, _ in raw if s in ("rsna", "rnsa")).total() == 13_788
+    assert len({r.patient_key for r in recs}) == len({(s if s != "rnsa" else "rsna", p) for p, s in
+                                                       ((" ".join(line.split()[:-3]), line.split()[-1])
+                                                        for name in ("train_COVIDx9A.txt", "test_COVIDx9A.txt")
+                                                        for line in (META / "covidx" / name).read_text().splitlines()
+                                                        if line.strip())})
