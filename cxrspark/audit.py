@@ -19,7 +19,8 @@ Outputs under ``audit.output``: ``leaks/`` (Parquet, one row per (image, other s
 ``record_id, source, split, label, patient_key, other_split, kind, evidence``) and ``summary.json``
 (counts per split, per split pair, label and kind, the identity rules used, what the pixel search saw).
 Everything per image stays in Spark; the driver holds per-source, per-split-pair and duplicate-group
-state only.
+state only (the leak rows of duplicate groups are made from the groups' members, as the ingest's dedup
+report is). The MLflow run gets the leak rows as a table up to ``LOG_TABLE_ROWS``.
 """
 from __future__ import annotations
 
@@ -39,6 +40,8 @@ from cxrspark.ingest.stages import decode, finish_records, write_records
 LEAK_DDL = ("record_id string, source string, split string, label string, patient_key string, "
             "other_split string, kind string, evidence string")
 LEAK_COLUMNS = tuple(c.split()[0] for c in LEAK_DDL.split(", "))
+#: the leak rows go into the MLflow run as a table up to this many; beyond, the run names the Parquet
+LOG_TABLE_ROWS = 50_000
 
 
 def run_audit(spark: SparkSession, cfg: Config, log: Callable[[str], None] = print) -> dict:
@@ -207,7 +210,12 @@ def log_run(summary: dict, cfg: Config) -> str:
         mlflow.log_table(pd.DataFrame(summary["by_split_pair"],
                                       columns=["kind", "split", "other_split", "label", "rows", "patients"]),
                          artifact_file="audit/leaks_by_split_pair.json")
-        leaks = pd.read_parquet(f"{summary['output']}/leaks")
-        mlflow.log_table(leaks, artifact_file="audit/leaks.json")
+        import pyarrow.parquet as pq
+
+        n_leaks = pq.ParquetDataset(f"{summary['output']}/leaks").read(columns=["record_id"]).num_rows
+        if n_leaks <= LOG_TABLE_ROWS:
+            mlflow.log_table(pd.read_parquet(f"{summary['output']}/leaks"), artifact_file="audit/leaks.json")
+        else:  # the table stays in the output folder; the run says where
+            mlflow.set_tag("audit.leaks", f"{n_leaks} rows in {summary['output']}/leaks (Parquet)")
         mlflow.log_artifact(f"{summary['output']}/summary.json", artifact_path="audit")
         return run.info.run_id

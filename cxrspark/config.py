@@ -191,9 +191,11 @@ class SparkConfig(_Section):
     @field_validator("conf", mode="before")
     @classmethod
     def _numbers_as_text(cls, v: Any) -> Any:
-        """Spark settings are text; YAML reads ``spark.executor.cores: 4`` as a number."""
+        """Spark settings are text; YAML reads ``spark.executor.cores: 4`` as a number and
+        ``spark.sql.adaptive.enabled: true`` as a boolean (Spark spells it ``true``)."""
         if isinstance(v, dict):
-            return {k: str(x) if isinstance(x, (int, float)) and not isinstance(x, bool) else x for k, x in v.items()}
+            return {k: str(x).lower() if isinstance(x, bool) else str(x) if isinstance(x, (int, float)) else x
+                    for k, x in v.items()}
         return v
 
 
@@ -237,6 +239,9 @@ class AugmentConfig(_Section):
         if not 0.0 <= a["rotation"] <= 180.0:
             raise ValueError("'rotation' is in degrees, between 0 and 180")
         return self
+
+
+assert set(typing.get_args(AugmentConfig.model_fields["preset"].annotation)) == set(AUGMENT_PRESETS)
 
 
 class ScheduleConfig(_Section):
@@ -606,9 +611,21 @@ def _problem(err: dict, origin: dict) -> str:
     return f"'{key or 'config'}' in {where}: {msg}{shown}"
 
 
+def _with_defaults(section: _Section, data: dict[str, Any]) -> dict[str, Any]:
+    """``data`` with every subsection it sets completed from ``section``'s own default of it, so a partial
+    subsection keeps defaults that differ from its class's (``segmenter.mlflow.experiment`` is
+    ``cxrspark-segmenter`` when only ``segmenter.mlflow.run_name`` is set)."""
+    out = dict(data)
+    for name, value in data.items():
+        default = getattr(section, name, None)
+        if isinstance(default, _Section) and isinstance(value, dict):
+            out[name] = {**default.model_dump(), **_with_defaults(default, value)}
+    return out
+
+
 def _validated(data: dict[str, Any], origin: dict[str, str]) -> Config:
     try:
-        return Config.model_validate(data)
+        return Config.model_validate(_with_defaults(Config(), data))
     except ValidationError as exc:
         raise ConfigError("\n".join(_problem(e, origin) for e in exc.errors(include_url=False))) from None
 

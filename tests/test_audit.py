@@ -164,7 +164,9 @@ def test_without_identity_linking_the_rsna_leak_is_invisible(audited):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not (META / "covidx" / "train_COVIDx9A.txt").is_file(), reason="real COVIDx metadata absent")
+@pytest.mark.skipif(not all((REPO.parent / "shared" / "data" / "meta" / f).is_file() for f in (
+    "covidx/train_COVIDx9A.txt", "rsna/rsna_nih_matches.csv.gz", "nih/Data_Entry_2017_v2020.csv.gz")),
+    reason="real metadata absent (conf/audit-covidx9a.yaml reads ../shared/data/meta)")
 def test_covidx9a_audit_job_on_the_real_files(tmp_path):
     """`jobs/audit.py --config conf/audit-covidx9a.yaml` as documented, metadata only; its numbers recounted
     from the raw files with pandas."""

@@ -111,3 +111,10 @@ def test_round_trip_and_coercions():
     assert config_from_dict(to_dict(cfg)) == cfg
     with pytest.raises(ConfigError, match="'ingest.image_size'"):
         config_from_dict({**to_dict(cfg), "ingest": {**to_dict(cfg.ingest), "image_size": "224"}})
+
+
+def test_a_partial_section_keeps_its_parents_defaults():
+    cfg = load_config([], ["segmenter.mlflow.run_name=unet-1", "spark.conf={spark.sql.adaptive.enabled: true}"])
+    # MlflowConfig's own default experiment is "cxrspark"; the segmenter's is "cxrspark-segmenter"
+    assert (cfg.segmenter.mlflow.experiment, cfg.segmenter.mlflow.run_name) == ("cxrspark-segmenter", "unet-1")
+    assert cfg.spark.conf == {"spark.sql.adaptive.enabled": "true"}  # Spark's spelling of a YAML boolean

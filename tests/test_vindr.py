@@ -118,7 +118,7 @@ def expected_physionet(root: Path, rule: str) -> list[dict]:
                 "modality": "X-ray", "sex": None, "age": None, "license": None, "error": error,
                 "provenance": {"metadata": metadata, "line": line, "rows": rows, "format": "physionet",
                                "consensus": rule, "readers": readers, "votes": votes,
-                               "consensus_findings": consensus, "label_rule": label_rule}}
+                               "consensus_findings": consensus, "label_rule": label_rule, "per_image_id": True}}
 
     def bad(line, error, metadata=train):
         tag = f"{Path(metadata).name}:L{line}"
@@ -157,8 +157,8 @@ def expected_physionet(root: Path, rule: str) -> list[dict]:
         rec("t1", 2, 1, ["L2"], {NF: 1}, [NF], *normal, metadata=test, folder="test"),
         rec("t2", 3, 1, ["L3"], {"Pneumonia": 1, "Other diseases": 1}, ["Pneumonia", "Other diseases"],
             "Pneumonia|Other diseases/Pneumonia", PNEUMONIA, "pneumonia", metadata=test, folder="test"),
-        rec("a1", 4, 1, ["L4"], {NF: 1}, [NF], *normal, metadata=test, folder="test",
-            error=f"malformed_row: image_id 'a1' of {test} is already in {train}"),
+        # the repeat of a1 in the test file: quarantined under its own id (record ids stay unique)
+        bad(4, f"malformed_row: image_id 'a1' of {test} is already in {train}", metadata=test),
     ]
 
 
@@ -172,6 +172,7 @@ def test_physionet_files_give_exact_records(tmp_path, rule):
     rows = [plain(r) for r in adapter.checked_records()]
     want = expected_physionet(root, rule)
     assert [r["record_id"] for r in rows] == [w["record_id"] for w in want]
+    assert len({r["record_id"] for r in rows}) == len(rows)  # unique ids: the ingest refuses a repeated one
     for got, exp in zip(rows, want):
         assert got == exp, got["record_id"]
     assert all(r["label"] == normalise_finding(r["finding"]) for r in rows)

@@ -238,7 +238,7 @@ def identity_warnings(cfg: Config) -> dict[str, str]:
             continue
         try:
             warning = make_adapter(s.kind, s.name, s.root, s.options).identity_warning()
-        except (KeyError, ValueError):  # an adapter that cannot be built is already a quarantined row
+        except Exception:  # noqa: BLE001 - an adapter that cannot be built is already a quarantined row
             continue
         if warning:
             out[s.name] = warning

@@ -64,8 +64,9 @@ def write_records(sources: list[SourceConfig], path: str, log: Callable[[str], N
                 n += 1
                 if len(buf) >= chunk:
                     flush()
-        except (SourceError, OSError, ValueError, KeyError) as exc:
-            reason = f"source_unreadable: {exc}"
+        except Exception as exc:  # noqa: BLE001 - any failure of one source is that source's quarantined row
+            reason = f"source_unreadable: {exc}" if isinstance(exc, (SourceError, OSError, ValueError, KeyError)) \
+                else f"source_unreadable: {type(exc).__name__}: {exc}"
             problems.append({"source": s.name, "error": reason, "rows_read_before_error": n})
             buf.append(SourceRecord(record_id=f"{s.name}:<source>", source=s.name, source_path=s.root,
                                     path=None, label=None, finding="", patient_key=f"{s.name}:<source>",
@@ -92,8 +93,8 @@ def finish_records(spark: SparkSession, path: str, sources: list[SourceConfig], 
         if s.enabled:
             try:
                 adapters[s.name] = make_adapter(s.kind, s.name, s.root, s.options)
-            except (SourceError, OSError, ValueError, KeyError):
-                pass  # its one row is already quarantined as source_unreadable (write_records)
+            except Exception:  # noqa: BLE001 - its one row is already quarantined as source_unreadable
+                pass
     raw = spark.read.schema(RECORD_DDL).parquet(path)
     n = raw.count()
     clash = raw.groupBy("record_id").count().where("count > 1").limit(5).collect()

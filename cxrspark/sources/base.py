@@ -258,7 +258,11 @@ class SourceAdapter(ABC):
             pending = []
             if not joined.strip():
                 continue
-            values = next(csv.reader(io.StringIO(joined)))
+            try:
+                values = next(csv.reader(io.StringIO(joined)))
+            except csv.Error as exc:  # e.g. a field over csv's size limit: this row, not the file
+                yield start, None, f"malformed_row: line {start}: {exc}"
+                continue
             if len(values) != len(header):
                 yield start, None, (f"malformed_row: line {start} has {len(values)} fields, "
                                     f"header has {len(header)}")

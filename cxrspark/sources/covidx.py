@@ -35,8 +35,10 @@ Traps handled:
   adapters use (``cohen``, ``figure1`` for ``fig1``, ``actualmed`` for ``actmed``, ``rsna`` for ``rnsa``,
   ``sirm``, ``ricord``, ``bimcv``, ``stonybrook``): ``cohen:<patientid>``, so a COVIDx patient is the same
   key as that collection's own source's. ``provenance.identity_rule`` says which rule built the key.
-* A file listed twice in one label file repeats a record id: the second is a ``malformed_row`` record.
-  The same file in two label files (two published splits) is two records: the audit reports it.
+* A file listed twice for one split (in one label file, or in two label files of the same split, e.g.
+  two COVIDx versions) would repeat a record id: the repeat is a ``malformed_row`` record naming the
+  first. The same file in two splits is two records: the audit reports it. A line whose bytes are not
+  valid in ``encoding`` is a ``bad_encoding`` record.
 """
 from __future__ import annotations
 
@@ -85,32 +87,39 @@ class CovidxAdapter(SourceAdapter):
         self.check_root()
         links = load_nih_map(self.options["nih_map"], self.name) if self.options["nih_map"] else {}
         origin_dirs = dict(self.options["origin_dirs"] or {})
+        seen: dict[tuple[str, str], str] = {}  # (split, file name) -> label file (a repeat would repeat an id)
         for name in self.label_files():
             path = self.root / name
             if not path.is_file():
                 raise SourceError(f"source {self.name!r}: label file {path} does not exist")
             split = path.name.split("_")[0].split(".")[0].lower()
-            seen: set[str] = set()  # file names of this label file (a repeat would repeat a record id)
-            with path.open(encoding=self.options["encoding"], errors="replace") as fh:
-                for lineno, line in enumerate(fh, 1):
+            with path.open("rb") as fh:
+                for lineno, raw in enumerate(fh, 1):
+                    try:
+                        line = raw.decode(self.options["encoding"])
+                    except UnicodeDecodeError as exc:
+                        yield self._unreadable(name, split, lineno, f"is not valid {self.options['encoding']} ({exc.reason})",
+                                               code="bad_encoding")
+                        continue
                     if not line.strip():
                         continue
                     parsed = parse_line(line)
                     if parsed is None:
                         yield self._unreadable(name, split, lineno, "has fewer than 4 fields")
                         continue
-                    if parsed[1] in seen:
-                        yield self._unreadable(name, split, lineno, f"repeats {parsed[1]!r}")
+                    if (split, parsed[1]) in seen:
+                        yield self._unreadable(name, split, lineno, f"repeats {parsed[1]!r} of {seen[split, parsed[1]]}")
                         continue
-                    seen.add(parsed[1])
+                    seen[split, parsed[1]] = name
                     yield self._record(name, split, lineno, *parsed, origin_dirs=origin_dirs, links=links)
 
-    def _unreadable(self, label_file: str, split: str, lineno: int, why: str) -> SourceRecord:
-        """A line that cannot be used (its id carries the split: two label files may both have a line 5)."""
-        return self.record(f"{split}/L{lineno}", source_path="", path=None, finding="",
-                           patient_id=f"unknown-{split}-L{lineno}",
+    def _unreadable(self, label_file: str, split: str, lineno: int, why: str, code: str = "malformed_row"
+                    ) -> SourceRecord:
+        """A line that cannot be used (its id names the label file: two files may both have a line 5)."""
+        tag = f"{label_file.rsplit('/', 1)[-1]}:L{lineno}"
+        return self.record(tag, source_path="", path=None, finding="", patient_id=f"unknown-{tag}",
                            provenance={"metadata": label_file, "line": lineno},
-                           error=f"malformed_row: line {lineno} of {label_file} {why}")
+                           error=f"{code}: line {lineno} of {label_file} {why}")
 
     def _record(self, label_file: str, split: str, lineno: int, patient: str, filename: str, label: str,
                 source: str, *, origin_dirs: dict[str, str], links: dict[str, dict[str, Any]]) -> SourceRecord:

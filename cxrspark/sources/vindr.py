@@ -260,9 +260,11 @@ class VindrAdapter(SourceAdapter):
             if earlier is not None:
                 if image in earlier:
                     duplicate = f"malformed_row: image_id {image!r} of {metadata} is already in {earlier[image]}"
-                else:
-                    earlier[image] = metadata
-            yield self._record(image, entry, findings, fmt or "", metadata, duplicate)
+                    # its own record id (the first file's record holds image_id's): ids stay unique
+                    yield self._bad(metadata, entry[0], duplicate)
+                    continue
+                earlier[image] = metadata
+            yield self._record(image, entry, findings, fmt or "", metadata, None)
 
     def _record(self, image: str, entry: list[Any], findings: list[str], fmt: str, metadata: str,
                 duplicate: str | None) -> SourceRecord:
