@@ -110,7 +110,7 @@ def test_hostile_corpus_gets_its_documented_outcomes_and_nothing_outside_is_read
         while not watch.opened and time.time() < deadline:
             time.sleep(0.01)
         os.close(fd)
-        assert watch.opened == [fifos[0]]
+        assert set(watch.opened) == {fifos[0]}  # noticed (once per poll while the reader is open)
         watch.opened.clear()
         summary = run_ingest(spark, cfg, log=log.append)
     assert watch.opened == [], f"a file outside the source roots was opened: {watch.opened}"
