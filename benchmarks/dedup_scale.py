@@ -83,8 +83,8 @@ def real_descriptors(data: Path, cache: Path, dd: DedupConfig) -> tuple[np.ndarr
 
     files = image_files(data)
     ident = {"data": str(data.resolve()), "files": len(files), "bytes": sum(p.stat().st_size for p in files),
-             "keypoints": dd.keypoints, "work_size": dd.work_size}
-    path = cache / f"real_rootsift_k{dd.keypoints}_w{dd.work_size}.npz"
+             "keypoints": dd.keypoints, "work_size": dd.work_size, "contrast_threshold": dd.contrast_threshold}
+    path = cache / f"real_rootsift_k{dd.keypoints}_w{dd.work_size}_c{dd.contrast_threshold:g}.npz"
     if path.exists():
         with np.load(path) as z:
             meta = json.loads(str(z["meta"]))
@@ -98,7 +98,7 @@ def real_descriptors(data: Path, cache: Path, dd: DedupConfig) -> tuple[np.ndarr
         except Exception:  # noqa: BLE001 - a file that does not decode is skipped
             failed += 1
             continue
-        _, rs = sift_keypoints(working_image(pixels, dd.work_size), dd.keypoints)
+        _, rs, _ = sift_keypoints(working_image(pixels, dd.work_size), dd.keypoints, dd.contrast_threshold)
         if len(rs):
             descs.append(rs.astype(np.float32))
             counts.append(len(rs))

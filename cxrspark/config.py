@@ -40,6 +40,9 @@ class SourceConfig(_Section):
 class VerifyConfig(_Section):
     """When a candidate pair is a copy (cxrspark.images.copymatch; thresholds measured on the real
     data, see benchmarks/README.md "Near-duplicate detection")."""
+    #: the keypoints verification matches: those whose SIFT contrast reaches this (at least
+    #: dedup.contrast_threshold); weaker ones align one patient's serial films into the copies' detail range
+    contrast_threshold: float = Field(0.02, gt=0, lt=1)
     #: Lowe's ratio test on RootSIFT matches
     ratio: float = Field(0.85, gt=0, le=1)
     #: RANSAC reprojection threshold, px of the 256 px working image
@@ -71,6 +74,10 @@ class DedupConfig(_Section):
     keypoints: int = Field(300, ge=16, le=2000)
     #: longer side of the working image (px)
     work_size: int = Field(256, ge=64, le=1024)
+    #: SIFT's contrast threshold of the bucketed keypoints: lower keeps more keypoints on smooth, low-contrast
+    #: films (0.02 missed shrunken copies of films with few keypoints; benchmarks/README.md "Near-duplicate
+    #: detection"); verification uses the ones that reach verify.contrast_threshold
+    contrast_threshold: float = Field(0.01, gt=0, lt=1)
     #: SimHash tables and bits per table (a bucket key per keypoint and table)
     tables: int = Field(8, ge=1, le=64)
     bits: int = Field(40, ge=8, le=56)

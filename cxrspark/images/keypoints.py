@@ -6,9 +6,11 @@ the anatomy do not. Per image:
 
 1. the decoded greyscale pixels, flat borders (padding, black bars) trimmed, resized so the longer side
    is ``WORK_SIZE`` px: the *working image*, also kept for verification;
-2. OpenCV SIFT, upright (every keypoint's angle set to 0: copies are not rotated by more than a few
-   degrees, and an orientation per keypoint would only add look-alike matches), the ``n_keypoints``
-   strongest, one per location, described as RootSIFT (L1-normalised, square root);
+2. OpenCV SIFT (contrast threshold ``contrast_threshold``, 0.01), upright (every keypoint's angle set
+   to 0: copies are not rotated by more than a few degrees, and an orientation per keypoint would only
+   add look-alike matches), the ``n_keypoints`` strongest, one per location, described as RootSIFT
+   (L1-normalised, square root). All of them are bucketed; verification uses those that reach
+   ``verify_contrast`` (0.02), the keypoints its thresholds were measured with;
 3. a fixed projection (centring + PCA to ``PROJ_DIMS`` dimensions, :data:`PROJECTION`), then
    ``tables`` SimHash tables of ``bits`` random hyperplanes each: every keypoint gets one bucket key per
    table. Two images that share at least ``min_shared`` keypoints landing in a common bucket are a
@@ -33,6 +35,15 @@ import numpy as np
 WORK_SIZE = 256
 #: dimensions kept by the PCA before SimHash
 PROJ_DIMS = 64
+#: SIFT's contrast threshold of the BUCKETED keypoints: 0.01 keeps enough keypoints on smooth, low-contrast
+#: films and their shrunken copies, which at 0.02 had as few as 14-70 (benchmarks/README.md)
+CONTRAST_THRESHOLD = 0.01
+#: the contrast threshold of the keypoints VERIFICATION uses (a subset: the bucketed keypoints whose
+#: response reaches it). More, weaker keypoints align one patient's serial films well enough to raise their
+#: detail score into the copies' range; these keep the verification measured before (copies vs serial films)
+VERIFY_CONTRAST = 0.02
+#: OpenCV's SIFT keeps a keypoint when its response reaches contrastThreshold / nOctaveLayers (3)
+_OCTAVE_LAYERS = 3
 #: RootSIFT descriptors are stored as uint8: round(value * DESC_SCALE), clipped to 255
 DESC_SCALE = 512.0
 #: a border row/column whose pixels vary by at most this much (std, grey levels) is "flat" and trimmed
@@ -52,6 +63,8 @@ class KeypointParams:
     tables: int = 8
     bits: int = 40
     work_size: int = WORK_SIZE
+    contrast_threshold: float = CONTRAST_THRESHOLD
+    verify_contrast: float = VERIFY_CONTRAST
 
 
 @dataclass
@@ -59,9 +72,10 @@ class Keypoints:
     """What the dedup stage stores per image."""
 
     image: np.ndarray        # working image, uint8 (h, w), longer side WORK_SIZE (smaller images: unscaled)
-    xy: np.ndarray           # float32 (n, 2): keypoint positions (x, y) in the working image
-    desc: np.ndarray         # uint8 (n, 128): RootSIFT * DESC_SCALE
-    keys: np.ndarray         # int64 (n * tables,): bucket keys, keypoint-major (keypoint i: keys[i*T:(i+1)*T])
+    xy: np.ndarray           # float32 (m, 2): positions (x, y) of the verification keypoints in the working image
+    desc: np.ndarray         # uint8 (m, 128): their RootSIFT * DESC_SCALE
+    keys: np.ndarray         # int64 (n * tables,): bucket keys of all n >= m keypoints, keypoint-major
+                             # (keypoint i: keys[i*T:(i+1)*T]); the first m are the verification keypoints
 
 
 def trim_flat_borders(pixels: np.ndarray, flat_std: float = FLAT_STD) -> np.ndarray:
@@ -88,8 +102,11 @@ def working_image(pixels: np.ndarray, size: int = WORK_SIZE) -> np.ndarray:
     return cv2.resize(img, (nw, nh), interpolation=interp)
 
 
-def sift_keypoints(img: np.ndarray, n_keypoints: int, contrast_threshold: float = 0.02) -> tuple[np.ndarray, np.ndarray]:
-    """Upright SIFT on ``img``: the ``n_keypoints`` strongest locations, as (xy float32, RootSIFT float32)."""
+def sift_keypoints(img: np.ndarray, n_keypoints: int, contrast_threshold: float = CONTRAST_THRESHOLD,
+                   verify_contrast: float = VERIFY_CONTRAST) -> tuple[np.ndarray, np.ndarray, int]:
+    """Upright SIFT on ``img``: the ``n_keypoints`` strongest locations, as (xy float32, RootSIFT float32,
+    m), strongest first; the first m reach ``verify_contrast`` (they are what SIFT at that threshold
+    finds: its keypoints are exactly those of a lower threshold whose response reaches it)."""
     import cv2
 
     cv2.setNumThreads(1)  # a Spark task holds one core
@@ -102,16 +119,27 @@ def sift_keypoints(img: np.ndarray, n_keypoints: int, contrast_threshold: float 
         if key not in best or k.response > best[key].response:
             best[key] = k
     chosen = sorted(best.values(), key=lambda k: (-k.response, k.pt[1], k.pt[0], k.size))[:n_keypoints]
-    if not chosen:
-        return np.zeros((0, 2), np.float32), np.zeros((0, 128), np.float32)
     upright = [cv2.KeyPoint(k.pt[0], k.pt[1], k.size, 0.0, k.response, k.octave) for k in chosen]
-    upright, desc = sift.compute(img, upright)
-    if desc is None or not len(upright):
-        return np.zeros((0, 2), np.float32), np.zeros((0, 128), np.float32)
+    strong = [k for k in upright if k.response >= verify_contrast / _OCTAVE_LAYERS]
+    weak = [k for k in upright if k.response < verify_contrast / _OCTAVE_LAYERS]
+    # described apart: SIFT builds its pyramid from the octaves of the keypoints it is given, so the strong
+    # ones get exactly the descriptors SIFT at verify_contrast gives them, whatever the weak ones are
+    xy_s, rs_s = _rootsift(sift, img, strong)
+    xy_w, rs_w = _rootsift(sift, img, weak)
+    return np.concatenate([xy_s, xy_w]), np.concatenate([rs_s, rs_w]), len(xy_s)
+
+
+def _rootsift(sift, img: np.ndarray, kps: list) -> tuple[np.ndarray, np.ndarray]:
+    """(xy, RootSIFT) of upright keypoints (those SIFT cannot describe, at the border, are dropped)."""
+    empty = np.zeros((0, 2), np.float32), np.zeros((0, 128), np.float32)
+    if not kps:
+        return empty
+    kps, desc = sift.compute(img, kps)
+    if desc is None or not len(kps):
+        return empty
     desc = desc.astype(np.float32)
     desc /= desc.sum(axis=1, keepdims=True) + 1e-7
-    xy = np.array([k.pt for k in upright], dtype=np.float32)
-    return xy, np.sqrt(desc)
+    return np.array([k.pt for k in kps], dtype=np.float32), np.sqrt(desc)
 
 
 @dataclass(frozen=True)
@@ -181,7 +209,7 @@ def bucket_keys(rootsift: np.ndarray, proj: Projection) -> np.ndarray:
 def describe(pixels: np.ndarray, params: KeypointParams = KeypointParams()) -> Keypoints:
     """Working image, keypoints and bucket keys of one decoded greyscale image."""
     img = working_image(pixels, params.work_size)
-    xy, rs = sift_keypoints(img, params.n_keypoints)
+    xy, rs, m = sift_keypoints(img, params.n_keypoints, params.contrast_threshold, params.verify_contrast)
     keys = bucket_keys(rs, projection(params.tables, params.bits))
-    desc = np.clip(np.rint(rs * DESC_SCALE), 0, 255).astype(np.uint8)
-    return Keypoints(img, xy, desc, keys)
+    desc = np.clip(np.rint(rs[:m] * DESC_SCALE), 0, 255).astype(np.uint8)
+    return Keypoints(img, xy[:m], desc, keys)

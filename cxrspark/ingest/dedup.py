@@ -54,7 +54,9 @@ VERDICT_COLUMNS = tuple(c.split()[0] for c in VERDICT_DDL.split(", "))
 
 
 def keypoint_params(dd: DedupConfig) -> KeypointParams:
-    return KeypointParams(n_keypoints=dd.keypoints, tables=dd.tables, bits=dd.bits, work_size=dd.work_size)
+    return KeypointParams(n_keypoints=dd.keypoints, tables=dd.tables, bits=dd.bits, work_size=dd.work_size,
+                          contrast_threshold=dd.contrast_threshold,
+                          verify_contrast=max(dd.verify.contrast_threshold, dd.contrast_threshold))
 
 
 def verify_params(dd: DedupConfig) -> VerifyParams:
