@@ -47,7 +47,6 @@ Bucket keys: ``bucket_keys(rootsift, projection(tables, bits))`` as in the inges
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import math
 import os
@@ -322,7 +321,7 @@ def main() -> int:
     args = ap.parse_args()
     sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
     over = {"tables": args.tables, "bits": args.bits, "min_shared": args.min_shared, "bucket_cap": args.bucket_cap}
-    dd = dataclasses.replace(DedupConfig(), **{k: v for k, v in over.items() if v is not None})
+    dd = DedupConfig.model_validate({**DedupConfig().model_dump(), **{k: v for k, v in over.items() if v is not None}})
 
     t0 = time.perf_counter()
     pool, counts, info = real_descriptors(Path(args.data), Path(args.cache), dd)
