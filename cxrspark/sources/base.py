@@ -198,7 +198,8 @@ class SourceAdapter(ABC):
                if (p.is_file() or p.is_symlink()) and p.suffix.lower() in IMAGE_SUFFIXES]
         return sorted(out, key=lambda p: p.relative_to(self.root).as_posix())
 
-    def read_csv(self, filename: str, encoding: str = "utf-8", required_columns: Iterable[str] = ()
+    def read_csv(self, filename: str, encoding: str = "utf-8", required_columns: Iterable[str] = (),
+                 delimiter: str | None = ",", title_line: bool = False
                  ) -> Iterator[tuple[int, dict | None, str | None]]:
         """Yield (line_number, row dict or None, error) for each data row of a metadata CSV.
 
@@ -206,15 +207,19 @@ class SourceAdapter(ABC):
         header is yielded with an error instead of stopping the whole file. When the header lacks
         one of ``required_columns`` (the columns the adapter cannot work without), every data row is
         yielded with a ``missing_column`` error, so each is quarantined and counted.
+        ``delimiter=None``: a tab in the header line means tab-separated, else comma-separated.
+        ``title_line``: a first line without the first required column is a title (a spreadsheet
+        export) and the header is the next line.
         """
-        rows = self._csv_rows(filename, encoding)
+        rows = self._csv_rows(filename, encoding, delimiter, tuple(required_columns)[:1] if title_line else ())
         header = next(rows)
         missing = [c for c in required_columns if c not in header]
         error = f"missing_column: {filename} has no column(s) {missing}" if missing else None
         for lineno, row, row_error in rows:
             yield (lineno, None, error) if error else (lineno, row, row_error)
 
-    def _csv_rows(self, filename: str, encoding: str) -> Iterator[Any]:
+    def _csv_rows(self, filename: str, encoding: str, delimiter: str | None = ",",
+                  title_unless: tuple[str, ...] = ()) -> Iterator[Any]:
         """The header (a list of names), then read_csv's (line_number, row, error) tuples."""
         path = self.root / filename
         if not path.is_file():
@@ -223,9 +228,10 @@ class SourceAdapter(ABC):
         # fields may hold newlines): decode line by line, then parse
         opener = gzip.open if path.name.endswith(".gz") else open
         with opener(path, "rb") as fh:
-            yield from self._parse_lines(fh, path, encoding)
+            yield from self._parse_lines(fh, path, encoding, delimiter, title_unless)
 
-    def _parse_lines(self, fh: Any, path: Path, encoding: str) -> Iterator[Any]:
+    def _parse_lines(self, fh: Any, path: Path, encoding: str, delimiter: str | None = ",",
+                     title_unless: tuple[str, ...] = ()) -> Iterator[Any]:
         def decoded() -> Iterator[tuple[int, str | None, str | None]]:
             for i, raw in enumerate(fh, start=1):
                 try:
@@ -237,7 +243,17 @@ class SourceAdapter(ABC):
         first = next(text_lines, None)
         if first is None or first[1] is None:
             raise SourceError(f"source {self.name!r}: cannot read the header of {path} as {encoding}")
-        header = next(csv.reader([first[1].lstrip("\ufeff")]))
+        head = first[1].lstrip("\ufeff").rstrip("\r\n")
+        sep = delimiter or ("\t" if "\t" in head else ",")
+        header = next(csv.reader([head], delimiter=sep), [])
+        if title_unless and title_unless[0] not in header:  # a title line: the header is the next line
+            second = next(text_lines, None)
+            if second is None or second[1] is None:
+                raise SourceError(f"source {self.name!r}: cannot read the header of {path} as {encoding}")
+            head = second[1].rstrip("\r\n")
+            sep = delimiter or ("\t" if "\t" in head else ",")
+            header = next(csv.reader([head], delimiter=sep), [])
+        delimiter = sep
         yield header
         pending: list[str] = []
         start = 0
@@ -259,7 +275,7 @@ class SourceAdapter(ABC):
             if not joined.strip():
                 continue
             try:
-                values = next(csv.reader(io.StringIO(joined)))
+                values = next(csv.reader(io.StringIO(joined), delimiter=delimiter))
             except csv.Error as exc:  # e.g. a field over csv's size limit: this row, not the file
                 yield start, None, f"malformed_row: line {start}: {exc}"
                 continue

@@ -75,8 +75,7 @@ from cxrspark.labels import COVID, NORMAL, PNEUMONIA
 from cxrspark.schema import UNKNOWN_VIEW, SourceRecord
 from cxrspark.sources.base import (SourceAdapter, SourceError, normalise_modality, normalise_sex,
                                    normalise_view, parse_age, register)
-from cxrspark.sources.padchest import (cell, findings_option, list_finding, parse_label_list,
-                                       read_delimited)
+from cxrspark.sources.padchest import cell, findings_option, list_finding, parse_label_list
 
 METADATA_NAME = "COVID19_POSI_v1.0.xlsx"
 TEXT_SUFFIXES = (".tsv", ".csv", ".tsv.gz", ".csv.gz")
@@ -168,7 +167,7 @@ class BimcvAdapter(SourceAdapter):
     def rows(self, metadata: str) -> Iterator[tuple[int, dict | None, str | None]]:
         """(sheet row or line, row dict or None, error) of the image list, streamed."""
         if not metadata.lower().endswith((".xlsx", ".xlsm")):
-            yield from read_delimited(self, metadata, self.options["encoding"], REQUIRED_COLUMNS, title_line=True)
+            yield from self.read_csv(metadata, self.options["encoding"], REQUIRED_COLUMNS, delimiter=None, title_line=True)
             return
         path = self.root / metadata
         if not path.is_file():

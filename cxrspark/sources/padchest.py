@@ -71,9 +71,6 @@ the parsed list, ``provenance.label_rule`` the rule that decided.
 from __future__ import annotations
 
 import ast
-import csv
-import gzip
-import io
 import re
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -182,66 +179,6 @@ def findings_option(name: str, kind: str, option: str, value: Any) -> list[str]:
     return [f.strip() for f in value if f.strip()]
 
 
-def read_delimited(adapter: SourceAdapter, filename: str, encoding: str = "utf-8",
-                   required_columns: Iterable[str] = (), title_line: bool = False
-                   ) -> Iterator[tuple[int, dict | None, str | None]]:
-    """:meth:`SourceAdapter.read_csv` for a comma- OR tab-separated file (the header line decides), streamed
-    line by line, gzipped or not: (line number, row or None, error) per data row. ``title_line``: a first
-    line without the first required column is a title (a spreadsheet export) and the header is the next."""
-    path = adapter.root / filename
-    if not path.is_file():
-        raise SourceError(f"source {adapter.name!r}: metadata file {path} does not exist")
-    required_columns = tuple(required_columns)
-    opener = gzip.open if path.name.endswith(".gz") else open
-    with opener(path, "rb") as fh:
-        lineno = 1
-        while True:
-            first = fh.readline()
-            try:
-                head = first.decode(encoding).lstrip("\ufeff").rstrip("\r\n")
-            except UnicodeDecodeError as exc:
-                raise SourceError(f"source {adapter.name!r}: cannot read the header of {path} as {encoding}"
-                                  ) from exc
-            if not head.strip():
-                raise SourceError(f"source {adapter.name!r}: {path} has no header")
-            delimiter = "\t" if "\t" in head else ","
-            header = next(csv.reader([head], delimiter=delimiter))
-            if not (title_line and lineno == 1 and required_columns and required_columns[0] not in header):
-                break
-            lineno += 1
-        missing = [c for c in required_columns if c not in header]
-        missing_error = f"missing_column: {filename} has no column(s) {missing}" if missing else None
-        pending: list[str] = []
-        start = 0
-        for lineno, raw in enumerate(fh, start=lineno + 1):
-            try:
-                line = raw.decode(encoding)
-            except UnicodeDecodeError as exc:
-                err = f"bad_encoding: line {lineno} is not valid {encoding} ({exc.reason})"
-                yield (start if pending else lineno), None, missing_error or err
-                pending = []
-                continue
-            if not pending:
-                start = lineno
-            pending.append(line)
-            joined = "".join(pending)
-            if joined.count('"') % 2 == 1:
-                continue  # inside a quoted field that spans lines
-            pending = []
-            if not joined.strip():
-                continue
-            if missing_error:
-                yield start, None, missing_error
-                continue
-            values = next(csv.reader(io.StringIO(joined), delimiter=delimiter))
-            if len(values) != len(header):
-                yield start, None, f"malformed_row: line {start} has {len(values)} fields, header has {len(header)}"
-                continue
-            yield start, dict(zip(header, values)), None
-        if pending:
-            yield start, None, missing_error or f"malformed_row: unterminated quote from line {start}"
-
-
 def study_age(birth: str, study_date: str) -> int | None:
     """Whole years between a birth year (``1948.0``) and a study date (``20140827``); None when unknown or
     outside 0..120 (the year difference: at most one year more than the exact age)."""
@@ -299,7 +236,7 @@ class PadChestAdapter(SourceAdapter):
         folders: list[str] | None = None  # listed once, only when a file has no ImageDir column
         seen: dict[str, str] = {}  # ImageID -> "file line N"
         for metadata in names:
-            for lineno, row, error in read_delimited(self, metadata, self.options["encoding"], REQUIRED_COLUMNS):
+            for lineno, row, error in self.read_csv(metadata, self.options["encoding"], REQUIRED_COLUMNS, delimiter=None):
                 if row is None:
                     yield self._bad(lineno, error or "malformed_row: unreadable", metadata)
                     continue
