@@ -2,13 +2,14 @@
 
     .venv/bin/python tools/mlflow_ui_check.py --store out/demo/mlflow/mlflow.db --out out/ui-check
 
-For the newest finished run of each cxrspark experiment in the store (training ``cxrspark``, evaluation
-``cxrspark-evaluation``, or the runs given with ``--run``) it starts ``mlflow server`` on 127.0.0.1 over
+For the newest finished run of each of cxrspark's experiments in the store (those it marked
+``mlflow.experimentKind=custom_model_development``: training, evaluation, LOSO...; or the runs given with
+``--run``) it starts ``mlflow server`` on 127.0.0.1 over
 the store and checks, in Debian's Chromium driven by Playwright:
 
 * the experiment opens as a model-training experiment (its runs table lists the run);
 * every per-class table the run logged (``eval/*_per_class*.json``) is shown as a table holding every
-  class row and the ``macro avg`` row;
+  class row and, when the table fits on the UI's first page (20 rows), the ``macro avg`` row;
 * every picture the run logged under ``eval/`` (confusion matrix, ROC, reliability, Grad-CAM, ...) is
   displayed (an ``<img>`` of the artifact with a real width).
 
@@ -38,7 +39,6 @@ from pathlib import Path
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 ML = "workflowType=machine_learning"
-EXPERIMENTS = ("cxrspark", "cxrspark-evaluation")
 
 
 @dataclass
@@ -82,22 +82,33 @@ def start_server(db: Path, log: Path) -> tuple[str, subprocess.Popen]:
 
 
 def runs_to_check(uri: str, run_ids: list[str]) -> list[tuple[str, str, str]]:
-    """(experiment id, run id, run name) of the given runs, else of the newest finished run of each
-    cxrspark experiment that has one."""
+    """(experiment id, run id, run name) of the given runs, else of the newest finished run of each of
+    cxrspark's experiments (those it marked as model-training experiments) that has one."""
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(uri)
     if run_ids:
         return [(r.info.experiment_id, r.info.run_id, r.info.run_name) for r in map(client.get_run, run_ids)]
     out = []
-    for name in EXPERIMENTS:
-        exp = client.get_experiment_by_name(name)
-        if exp is None:
-            continue
+    for exp in client.search_experiments():
+        if exp.tags.get("mlflow.experimentKind") != "custom_model_development":
+            continue  # not one of cxrspark's experiments
         runs = client.search_runs([exp.experiment_id], "attributes.status = 'FINISHED'",
                                   order_by=["attributes.start_time DESC"], max_results=1)
         out += [(exp.experiment_id, r.info.run_id, r.info.run_name) for r in runs]
     return out
+
+
+#: rows a page of the MLflow 3.17 UI's table view of a logged table
+PAGE_ROWS = 20
+
+
+def table_rows(uri: str, run_id: str, path: str, tmp: Path) -> int:
+    """Rows of a table logged with ``mlflow.log_table`` (its JSON artifact)."""
+    from mlflow.tracking import MlflowClient
+
+    local = MlflowClient(uri).download_artifacts(run_id, path, str(tmp))
+    return len(json.loads(Path(local).read_text())["data"])
 
 
 def artifacts(uri: str, run_id: str, folder: str = "eval") -> list[str]:
@@ -153,11 +164,15 @@ def check_store(db: Path, out: Path, run_ids: list[str] | None = None, chromium:
                            f"{len(tables)} tables, {len(pictures)} pictures")
                 for i, path in enumerate(tables):
                     shot = f"{tag}-table-{i}.png"
-                    page = page_at(f"{url}/#/experiments/{exp_id}/runs/{run_id}/artifacts/{path}?{ML}", shot, "macro avg")
+                    rows = table_rows(uri, run_id, path, out)
+                    # the UI shows PAGE_ROWS rows a page: a longer table's later rows are on later pages
+                    wanted = [*classes, "macro avg"] if rows <= PAGE_ROWS else list(classes)
+                    page = page_at(f"{url}/#/experiments/{exp_id}/runs/{run_id}/artifacts/{path}?{ML}", shot, classes[0])
                     cells = {t.strip() for t in page.locator("[role=cell], td").all_inner_texts()}
-                    missing = [c for c in (*classes, "macro avg") if c not in cells]
+                    missing = [c for c in wanted if c not in cells]
                     report.add(f"{path} shown as a table with every class", not missing,
-                               f"missing {missing}" if missing else f"{len(cells)} distinct cells", shot)
+                               f"missing {missing}" if missing else
+                               f"{len(cells)} distinct cells on the first page of a {rows}-row table", shot)
                     page.close()
                 for i, path in enumerate(pictures):
                     shot = f"{tag}-picture-{i}.png"
