@@ -23,10 +23,9 @@ def main(argv: list[str] | None = None) -> int:
     _, cfg = parse_job(ap, argv)
 
     from cxrspark.audit import log_run, report_table, run_audit
-    from cxrspark.spark.session import build_session
+    from cxrspark.spark.session import session_for
 
-    spark = build_session(cfg.spark.master, cfg.spark.app_name, cfg.spark.shuffle_partitions,
-                          cfg.spark.log_level, cfg.spark.conf)
+    spark = session_for(cfg.spark)
     try:
         summary = run_audit(spark, cfg)
     finally:

@@ -12,15 +12,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 from cxrspark.config import add_config_arguments, parse_job  # noqa: E402
 from cxrspark.ingest.pipeline import run_ingest  # noqa: E402
-from cxrspark.spark.session import build_session  # noqa: E402
+from cxrspark.spark.session import session_for  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_config_arguments(ap, ["conf/ingest.yaml", "conf/sources.yaml"], "ingest.image_size=256")
     _, cfg = parse_job(ap, argv)
-    spark = build_session(cfg.spark.master, cfg.spark.app_name, cfg.spark.shuffle_partitions,
-                          cfg.spark.log_level, cfg.spark.conf)
+    spark = session_for(cfg.spark)
     try:
         summary = run_ingest(spark, cfg)
     finally:

@@ -27,9 +27,8 @@ def main(argv: list[str] | None = None) -> int:
     _, cfg = parse_job(ap, argv)
 
     from cxrspark.predict import PredictError, run_predict
-    from cxrspark.spark.session import build_session
-    spark = build_session(cfg.spark.master, cfg.spark.app_name, cfg.spark.shuffle_partitions,
-                          cfg.spark.log_level, cfg.spark.conf)
+    from cxrspark.spark.session import session_for
+    spark = session_for(cfg.spark)
     try:
         summary = run_predict(spark, cfg)
     except PredictError as exc:

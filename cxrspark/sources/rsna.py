@@ -67,6 +67,21 @@ def read_header(path: str) -> tuple[dict[str, Any], str | None]:
     return out, None
 
 
+#: raw header values kept in provenance by default: tag -> provenance key
+RAW_TAGS = (("ViewPosition", "view_raw"), ("PhotometricInterpretation", "photometric"))
+
+
+def header_fields(path: str, raw: tuple[tuple[str, str], ...] = RAW_TAGS) -> dict[str, Any]:
+    """:meth:`SourceAdapter.file_fields` of a DICOM file: view, sex, age and modality from its header, the
+    ``raw`` tags' values and any header error in provenance (pixels are not read)."""
+    header, header_error = read_header(path)
+    provenance: dict[str, Any] = {"header_error": header_error} if header_error else {}
+    provenance.update({key: header[tag] for tag, key in raw if header.get(tag)})
+    return {"view": normalise_view(header.get("ViewPosition")), "sex": normalise_sex(header.get("PatientSex")),
+            "age": parse_age(header.get("PatientAge")), "modality": normalise_modality(header.get("Modality")),
+            "provenance": provenance}
+
+
 def load_nih_map(spec: Any, source: str) -> dict[str, dict[str, Any]]:
     """RSNA patientId -> {nih_image_index, nih_mse, nih_patient_id or None, rule | why} from an ``nih_map``
     option ``{matches: PATH, metadata: PATH, max_mse: 10}`` (see the module docstring). Used by every
@@ -136,19 +151,7 @@ class RsnaAdapter(SourceAdapter):
 
     def file_fields(self, path: str) -> dict[str, Any]:
         """View, sex, age and modality from the DICOM header (read in the executors, once per file)."""
-        if not self.options["read_headers"]:
-            return {}
-        header, header_error = read_header(path)
-        provenance: dict[str, Any] = {}
-        if header_error:
-            provenance["header_error"] = header_error
-        if header.get("ViewPosition"):
-            provenance["view_raw"] = header["ViewPosition"]
-        if header.get("PhotometricInterpretation"):
-            provenance["photometric"] = header["PhotometricInterpretation"]
-        return {"view": normalise_view(header.get("ViewPosition")), "sex": normalise_sex(header.get("PatientSex")),
-                "age": parse_age(header.get("PatientAge")),
-                "modality": normalise_modality(header.get("Modality")), "provenance": provenance}
+        return header_fields(path) if self.options["read_headers"] else {}
 
     def _class_info(self) -> tuple[dict[str, str], dict[str, set[str]]]:
         name = self.options["class_info"]

@@ -71,9 +71,8 @@ from typing import Any
 from cxrspark.labels import NORMAL, PNEUMONIA, normalise_finding
 from cxrspark.schema import SourceRecord
 from cxrspark.sources._common import text
-from cxrspark.sources.base import (SourceAdapter, SourceError, normalise_modality, normalise_sex,
-                                   normalise_view, parse_age, register)
-from cxrspark.sources.rsna import read_header
+from cxrspark.sources.base import SourceAdapter, SourceError, register
+from cxrspark.sources.rsna import RAW_TAGS, header_fields
 
 PHYSIONET_NAMES = ("annotations/image_labels_train.csv", "annotations/image_labels_train.csv.gz",
                    "image_labels_train.csv", "image_labels_train.csv.gz",
@@ -170,19 +169,7 @@ class VindrAdapter(SourceAdapter):
     # ---- executors ----------------------------------------------------------------------------------
     def file_fields(self, path: str) -> dict[str, Any]:
         """View, sex, age and modality from the DICOM header (read in the executors, once per file)."""
-        if not self.options["read_headers"]:
-            return {}
-        header, header_error = read_header(path)
-        provenance: dict[str, Any] = {}
-        if header_error:
-            provenance["header_error"] = header_error
-        for tag, key in (("ViewPosition", "view_raw"), ("PhotometricInterpretation", "photometric"),
-                         ("Modality", "modality_raw")):
-            if header.get(tag):
-                provenance[key] = header[tag]
-        return {"view": normalise_view(header.get("ViewPosition")), "sex": normalise_sex(header.get("PatientSex")),
-                "age": parse_age(header.get("PatientAge")), "modality": normalise_modality(header.get("Modality")),
-                "provenance": provenance}
+        return header_fields(path, (*RAW_TAGS, ("Modality", "modality_raw"))) if self.options["read_headers"] else {}
 
     # ---- records --------------------------------------------------------------------------------------
     def records(self) -> Iterator[SourceRecord]:

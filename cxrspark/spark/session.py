@@ -50,3 +50,9 @@ def _submit_conf() -> dict[str, str]:
         if p == "--master":
             out["spark.master"] = parts[i + 1]
     return out
+
+
+def session_for(spark_cfg) -> SparkSession:
+    """The session a job's ``spark`` config section asks for (what every job in jobs/ builds)."""
+    return build_session(spark_cfg.master, spark_cfg.app_name, spark_cfg.shuffle_partitions,
+                         spark_cfg.log_level, spark_cfg.conf)
