@@ -68,6 +68,8 @@ class VerifyConfig(_Section):
 
 
 class DedupConfig(_Section):
+    #: remove images whose decoded pixels are identical (false only for the leaky audit protocol)
+    exact: bool = True
     #: find near duplicates (keypoint buckets + verification) in addition to exact (decoded-pixel hash) ones
     near: bool = True
     #: strongest SIFT keypoints kept per image
@@ -95,6 +97,21 @@ class SplitConfig(_Section):
     #: split name -> fraction of images; fractions must sum to 1
     ratios: dict[str, float] = Field(default_factory=lambda: {"train": 0.72, "val": 0.18, "test": 0.10})
     seed: int = 42
+    #: patient: a split group (a patient, or patients linked by duplicate images) never straddles two
+    #: splits. image: every curated image is split on its own by a seeded hash of its record_id: the
+    #: leaky protocol of the source studies (a patient's films and copies land in several splits), for
+    #: audits only. Refused unless leaky_audit is true; recorded in summary.json and the model card.
+    unit: Literal["patient", "image"] = "patient"
+    #: the explicit request that unit: image needs
+    leaky_audit: bool = False
+
+    @model_validator(mode="after")
+    def _leaky_only_on_request(self) -> SplitConfig:
+        if self.unit == "image" and not self.leaky_audit:
+            raise ValueError("unit: image is the leaky protocol of the source studies (patients and copies "
+                             "straddle splits; metrics on it are not results), for audits only: set "
+                             "ingest.split.leaky_audit=true as well to run it")
+        return self
 
     @field_validator("ratios")
     @classmethod
@@ -147,6 +164,20 @@ class LungsConfig(_Section):
         return self
 
 
+class StandardizeConfig(_Section):
+    """Collection-style removal applied to the stored image (after contrast, resize and the lung crop).
+    The statistics come from the lung mask when segmentation ran, else from the image's non-padding
+    pixels; the result is stored as uint8 like every stored image."""
+    #: none | zscore: (x - mean) / sd, stored as 128 + scale * z (clipped) | histmatch: the pixels'
+    #: histogram matched to the reference
+    method: Literal["none", "zscore", "histmatch"] = "none"
+    #: zscore (and the default histmatch reference): grey levels per standard deviation
+    scale: float = Field(32.0, gt=0, le=128)
+    #: histmatch: None: a normal distribution of mean 128 and sd `scale`, clipped to 0..255; else the
+    #: path of a reference image (its whole histogram)
+    reference: str | None = None
+
+
 class IngestConfig(_Section):
     output: str = "out/dataset"
     classes: list[str] = Field(default_factory=lambda: ["COVID-19", "Normal", "Pneumonia"])
@@ -170,6 +201,7 @@ class IngestConfig(_Section):
     #: Parquet row-group size: small enough that every Horovod rank gets row groups to read
     row_group_mb: int = 8
     lungs: LungsConfig = Field(default_factory=LungsConfig)
+    standardize: StandardizeConfig = Field(default_factory=StandardizeConfig)
     dedup: DedupConfig = Field(default_factory=DedupConfig)
     split: SplitConfig = Field(default_factory=SplitConfig)
     partitions: PartitionsConfig = Field(default_factory=PartitionsConfig)
@@ -293,6 +325,33 @@ class ImbalanceConfig(_Section):
         return v
 
 
+class BalanceConfig(_Section):
+    """Source-balanced sampling: within every class, each training source gets an equal share of that
+    class's part of the batch (the class's natural share, or imbalance.oversample's)."""
+    sources: bool = False
+    #: sources with fewer training images of a class than this share one stream within that class
+    min_images: int = Field(20, ge=1)
+
+
+class AdversaryConfig(_Section):
+    """A source-adversarial head (Ganin & Lempitsky 2015): it predicts each training image's source from
+    the classifier's penultimate features through a gradient-reversal layer, so the features lose what
+    tells the collections apart. The exported model is the classifier alone."""
+    enabled: bool = False
+    #: the largest weight of the reversed gradient (lambda)
+    weight: float = Field(0.1, ge=0)
+    #: ganin: lambda = weight * (2 / (1 + exp(-10 p)) - 1), p = fraction of the epochs done;
+    #: constant: weight from the first step
+    schedule: Literal["ganin", "constant"] = "ganin"
+    #: class: one source classifier per class (the adversary sees source within class, so it removes
+    #: collection style, not disease); none: one source classifier for all images
+    condition: Literal["class", "none"] = "class"
+    #: units of the adversary's hidden layer (0: a linear adversary)
+    hidden: int = Field(64, ge=0)
+    #: sources with fewer training images than this are one "other" source to the adversary
+    min_images: int = Field(20, ge=1)
+
+
 class MlflowConfig(_Section):
     #: None: $MLFLOW_TRACKING_URI if set, else sqlite:///<absolute train.output>/../mlflow/mlflow.db
     tracking_uri: str | None = None
@@ -344,6 +403,8 @@ class TrainConfig(_Section):
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
     early_stopping: EarlyStoppingConfig = Field(default_factory=EarlyStoppingConfig)
     imbalance: ImbalanceConfig = Field(default_factory=ImbalanceConfig)
+    balance: BalanceConfig = Field(default_factory=BalanceConfig)
+    adversary: AdversaryConfig = Field(default_factory=AdversaryConfig)
     mlflow: MlflowConfig = Field(default_factory=MlflowConfig)
 
 
