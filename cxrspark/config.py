@@ -506,6 +506,55 @@ class LosoConfig(_Section):
     reuse: bool = True
 
 
+class SweepVariant(_Section):
+    """One row family of the sweep: a dataset of ``sweep.datasets`` and training overrides."""
+    name: str
+    dataset: str
+    #: ``--set`` style overrides of train.* (e.g. train.balance.sources=true)
+    set: list[str] = Field(default_factory=list)
+    #: also run leave-one-source-out for this variant (false: internal test only, e.g. the leaky protocol)
+    loso: bool = True
+    #: stored image and input size for this variant: None: sweep.image_size; "model": each model's own
+    #: input size (seed_cnn 224, darkcovidnet 256, vgg_dcnn 224: the source studies' protocol); or px
+    image_size: int | Literal["model"] | None = None
+    #: another variant whose internal test accuracy this one is set beside (the leaky protocol vs
+    #: cxrspark's, same model and size): a row of the reproduction table
+    compare_with: str | None = None
+
+
+class SweepConfig(_Section):
+    """jobs/sweep.py: models x training recipes, each trained on all sources (internal test) and with
+    every ``loso_sources`` source left out in turn; one MLflow parent run holds the table."""
+    #: everything the sweep writes (datasets, trainings, table) goes under here
+    output: str = "out/sweep"
+    experiment: str = "cxrspark-sweep"
+    models: list[str] = Field(default_factory=lambda: ["seed_cnn", "darkcovidnet", "vgg_dcnn"])
+    #: the stored image size of every dataset and every model's input size (px)
+    image_size: int = Field(80, ge=32, le=1024)
+    #: dataset name -> ``--set`` style overrides of ingest.* over the job's ingest config; each is ingested
+    #: once into <output>/datasets/<name> (an existing one with the same settings is reused)
+    datasets: dict[str, list[str]] = Field(default_factory=dict)
+    variants: list[SweepVariant] = Field(default_factory=list)
+    #: the sources left out in turn
+    loso_sources: list[str] = Field(default_factory=list)
+    #: run only these variants / models (empty: all); the table still shows every finished cell
+    only_variants: list[str] = Field(default_factory=list)
+    only_models: list[str] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _known_datasets(self) -> SweepConfig:
+        unknown = sorted({v.dataset for v in self.variants} - set(self.datasets))
+        if unknown:
+            raise ValueError(f"variants name datasets that sweep.datasets lacks: {unknown}")
+        names = [v.name for v in self.variants]
+        if len(set(names)) != len(names):
+            raise ValueError(f"variant names must be unique: {names}")
+        bad = sorted({v.compare_with for v in self.variants if v.compare_with} - set(names))
+        if bad:
+            raise ValueError(f"compare_with names unknown variants: {bad}")
+        return self
+
+
 class PredictConfig(_Section):
     """jobs/predict.py: batch prediction with Spark over an ingest output or a folder of image files."""
     #: as evaluate.model: runs:/..., models:/..., a Keras file, or "latest" (train.mlflow.experiment)
@@ -544,6 +593,7 @@ class Config(_Section):
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
     predict: PredictConfig = Field(default_factory=PredictConfig)
     loso: LosoConfig = Field(default_factory=LosoConfig)
+    sweep: SweepConfig = Field(default_factory=SweepConfig)
     audit: AuditConfig = Field(default_factory=AuditConfig)
 
     @field_validator("sources")

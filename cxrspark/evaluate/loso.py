@@ -96,6 +96,18 @@ def _ci(ci: pd.DataFrame, row: str, metric: str) -> tuple[float, float, float]:
     return tuple(float(r.iloc[0][k]) for k in ("value", "low", "high")) if len(r) else (np.nan,) * 3
 
 
+def non_covid_specificity(confusion: np.ndarray, classes: list[str]) -> tuple[float, int]:
+    """(share of the non-COVID-19 images NOT predicted COVID-19, number of non-COVID-19 images): what a new
+    hospital sees when a model calls its ordinary films COVID-19."""
+    if "COVID-19" not in classes:
+        return float("nan"), 0
+    k = classes.index("COVID-19")
+    cm = np.asarray(confusion)
+    others = int(cm.sum() - cm[k].sum())
+    called = int(cm[:, k].sum() - cm[k, k])
+    return (1.0 - called / others if others else float("nan")), others
+
+
 def fold_row(source: str, ev: dict[str, Any], classes: list[str], missing: list[str],
              seen_test_accuracy: float | None) -> dict[str, Any]:
     """One table row from an evaluation result of :func:`run_evaluation`."""
@@ -107,6 +119,7 @@ def fold_row(source: str, ev: dict[str, Any], classes: list[str], missing: list[
            "macro_auc": float(table.loc["macro avg", "auc"]), "ece": float(ev["ece"]),
            "seen_sources_test_accuracy": seen_test_accuracy if seen_test_accuracy is not None else np.nan,
            "classes_missing_in_training": ",".join(missing)}
+    row["specificity_non_covid"], row["n_non_covid"] = non_covid_specificity(ev["confusion"], classes)
     for c in classes:
         support = int(table.loc[c, "support"])
         row[f"recall_{c}"] = float(table.loc[c, "recall"]) if support else np.nan
@@ -114,7 +127,9 @@ def fold_row(source: str, ev: dict[str, Any], classes: list[str], missing: list[
     return row
 
 
-def run_loso(cfg: Config, log: Callable[[str], None] = print) -> dict[str, Any]:
+def run_loso(cfg: Config, log: Callable[[str], None] = print, *, parent_run_id: str | None = None,
+             run_name: str = "leave-one-source-out") -> dict[str, Any]:
+    """Run every fold (see the module doc); the runner's own run is a child of ``parent_run_id`` if given."""
     import matplotlib.pyplot as plt
     import mlflow
 
@@ -136,8 +151,9 @@ def run_loso(cfg: Config, log: Callable[[str], None] = print) -> dict[str, Any]:
     mlflow.set_tracking_uri(uri)
     client = mlflow.tracking.MlflowClient(uri)
     parent = client.create_run(tracking.ensure_experiment(uri, lc.experiment),
-                               run_name="leave-one-source-out",
-                               tags={"loso.dataset": str(dataset), "dataset.hash": info.dataset_hash})
+                               run_name=run_name,
+                               tags={"loso.dataset": str(dataset), "dataset.hash": info.dataset_hash,
+                                     **({"mlflow.parentRunId": parent_run_id} if parent_run_id else {})})
     parent_id = parent.info.run_id
     base = to_dict(cfg)
     base["train"]["dataset"] = str(dataset)
