@@ -8,8 +8,10 @@
   as they are; the rows keep record_id, source, patient, split and the true label.
 - A folder: every file matching ``predict.pattern`` (hidden files skipped) is decoded and prepared with
   the ingest's own stages (decode, contrast, resize and, if the model's training data was segmented,
-  the lung U-Net), using the ingest settings of the dataset the model was trained on when the training
-  run names it, else the config's ``ingest`` section. A file that cannot be read or decoded gets a row
+  the lung U-Net, then the standardisation ``ingest.standardize``, exactly where the ingest applies it),
+  using the ingest settings of the dataset the model was trained on when the training run names it, else
+  the config's ``ingest`` section. A histmatch reference image must still have the sha256 that dataset
+  recorded. A file that cannot be read or decoded gets a row
   with its reason in ``error`` and null probabilities: nothing is dropped.
 
 Output: ``<output>/predictions`` (Parquet: one row per input image or file; ``p_<class>`` columns,
@@ -28,7 +30,7 @@ from typing import Any, Callable
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from cxrspark.config import Config, config_from_dict, to_dict
+from cxrspark.config import Config, StandardizeConfig, config_from_dict, to_dict
 
 
 class PredictError(ValueError):
@@ -47,9 +49,12 @@ def list_files(root: Path, pattern: str) -> list[Path]:
 
 
 def preprocessing_config(cfg: Config, train_dataset: Path | None) -> tuple[Config, str]:
-    """The config whose ``ingest`` section prepares raw files: the training dataset's, when known."""
+    """The config whose ``ingest`` section prepares raw files: the training dataset's, when known (its
+    standardisation included: a reference image must be the one that dataset recorded)."""
     if train_dataset is not None:
-        recorded = json.loads((train_dataset / "summary.json").read_text())["config"]["ingest"]
+        summary = json.loads((train_dataset / "summary.json").read_text())
+        recorded = summary["config"]["ingest"]
+        _check_reference(summary, train_dataset)
         # the dedup settings of a dataset written by an earlier version may no longer parse; only the
         # working size matters here (JPEG draft), and it is kept where it is recorded
         dedup = to_dict(cfg)["ingest"]["dedup"]
@@ -60,13 +65,30 @@ def preprocessing_config(cfg: Config, train_dataset: Path | None) -> tuple[Confi
     return cfg, "config ingest section"
 
 
+def _check_reference(summary: dict, train_dataset: Path) -> None:
+    from cxrspark.images.standardize import file_sha256
+
+    st = summary.get("standardize") or {}
+    if not st.get("reference_sha256"):
+        return
+    ref = Path(st["reference"])
+    got = file_sha256(ref) if ref.is_file() else None
+    if got != st["reference_sha256"]:
+        raise PredictError(f"ingest.standardize.reference {ref}: {'missing' if got is None else 'changed'} since "
+                           f"{train_dataset} was ingested (recorded sha256 {st['reference_sha256'][:12]}"
+                           + (f", now {got[:12]})" if got else ")"))
+
+
 def preprocessing_differences(dataset: Path, train_dataset: Path | None) -> list[str]:
     """Ingest settings that shape the stored image and differ between an input dataset and the one
     the model was trained on (empty when they agree or the training data is unknown)."""
     if train_dataset is None:
         return []
     a, b = (json.loads((d / "summary.json").read_text())["config"]["ingest"] for d in (dataset, train_dataset))
-    keys = [("resize_mode",), ("contrast",), ("segmentation",), ("lungs", "stored_image"), ("lungs", "crop_margin")]
+    # a dataset written before standardisation existed was not standardised
+    a, b = ({"standardize": StandardizeConfig().model_dump(), **x} for x in (a, b))
+    keys = [("resize_mode",), ("contrast",), ("segmentation",), ("lungs", "stored_image"), ("lungs", "crop_margin"),
+            ("standardize", "method"), ("standardize", "scale"), ("standardize", "reference")]
 
     def get(cfg: dict, key: tuple) -> Any:
         for k in key:

@@ -1,6 +1,8 @@
 """Pictures and the model card of an evaluation (matplotlib + markdown; no Spark, no MLflow)."""
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -107,8 +109,52 @@ def _fmt(v: Any) -> str:
     return "n/a" if v is None or (isinstance(v, float) and np.isnan(v)) else f"{v:.3f}"
 
 
+def protocol_header(summary: dict[str, Any] | None) -> list[str]:
+    """The model card's lines about the evaluated dataset's split protocol (its summary.json), shown
+    right under the title: a loud warning for the leaky image-level protocol, nothing for the patient
+    split (or an unknown dataset)."""
+    from cxrspark.ingest.output import is_leaky
+
+    if not summary or not is_leaky(summary):
+        return []
+    p = summary.get("protocol") or {}
+    kept = [k for k in ("exact", "near") if p.get(f"dedup_{k}") is False]
+    return [
+        "> **LEAKY AUDIT PROTOCOL: THE METRICS BELOW ARE NOT RESULTS.** The dataset was split image by image",
+        "> (`ingest.split.unit: image`, the leaky protocol of the source studies): a patient's films land in",
+        "> training and test alike" + (f", and so do duplicate images (`dedup.{'`, `dedup.'.join(kept)}` off)"
+                                       if kept else "") + ",",
+        "> so these metrics reward recognising patients and copies, not diagnosing new patients. Use them only",
+        "> to audit that protocol against the patient-level split.",
+        "",
+    ]
+
+
+def standardize_line(summary: dict[str, Any] | None) -> list[str]:
+    """The model card's line on the input standardisation of the evaluated dataset (none: no line)."""
+    st = (summary or {}).get("standardize") or {}
+    if st.get("method", "none") == "none":
+        return []
+    ref = (f", reference image `{st['reference']}` (sha256 `{st['reference_sha256'][:12]}`)"
+           if st.get("reference_sha256") else "")
+    return [f"- Input standardisation: `{st['method']}` (scale {st.get('scale')}{ref}), statistics from "
+            f"{st.get('statistics_from', 'the stored image')}."]
+
+
+def _dataset_summary(ctx: dict[str, Any]) -> dict[str, Any] | None:
+    """``ctx['dataset_summary']``, else the evaluated dataset's summary.json when it can be read."""
+    if ctx.get("dataset_summary") is not None:
+        return ctx["dataset_summary"]
+    try:
+        return json.loads((Path(ctx["dataset"]) / "summary.json").read_text())
+    except (KeyError, TypeError, OSError, ValueError):
+        return None
+
+
 def model_card(ctx: dict[str, Any]) -> str:
-    """Markdown: data, metrics with CIs, the per-source table, calibration, Grad-CAM, intended use."""
+    """Markdown: data, metrics with CIs, the per-source table, calibration, Grad-CAM, intended use.
+    A dataset of the leaky image-level protocol is named in the card's first lines
+    (:func:`protocol_header`)."""
     ci: pd.DataFrame = ctx["ci_table"]
     classes: list[str] = ctx["classes"]
 
@@ -120,9 +166,13 @@ def model_card(ctx: dict[str, Any]) -> str:
         return f"{_fmt(r['value'])} [{_fmt(r['low'])}, {_fmt(r['high'])}]"
 
     metrics = ("precision", "recall", "specificity", "f1", "f2", "auc", "mean_prob")
+    summary = _dataset_summary(ctx)
+    header = protocol_header(summary)
     lines = [
-        f"# Model card: {ctx['model_name']}",
+        f"# Model card: {ctx['model_name']}"
+        + (" (leaky image-level split: metrics are not results)" if header else ""),
         "",
+        *header,
         "**Not for clinical use.** A research model trained on public chest X-ray collections. It has not been",
         "validated on any hospital's patients and must not inform a diagnosis or a treatment.",
         "",
@@ -132,6 +182,7 @@ def model_card(ctx: dict[str, Any]) -> str:
         f"  {ctx['n_images']} images of {ctx['n_patients']} patients"
         + (f" of source(s) {', '.join(ctx['sources'])} only." if ctx.get("sources") is not None else "."),
         *([f"  {ctx['excluded']} images left out: {ctx['exclude_reason']}."] if ctx.get("excluded") else []),
+        *standardize_line(summary),
         "",
         "## Data: images per source, class and split (the ingest's curated table)",
         "",

@@ -174,7 +174,7 @@ def run_cell(cfg: Config, config_file: Path, model: str, variant: SweepVariant, 
                            "compare_with": variant.compare_with}
     internal = cell / "internal"
     code = _run(train_command(config_file, 1, [*sets, f"train.output={internal}",
-                                               f"train.mlflow.run_name={model} {variant.name}: all sources"]), log)
+                                               f"train.mlflow.run_name={json.dumps(f'{model} {variant.name}: all sources')}"]), log)
     state = read_state(internal / "checkpoints")
     run_id = state.get("mlflow_run_id") if state else None
     model_uri = logged_model(run_id) if code == 0 and run_id else None

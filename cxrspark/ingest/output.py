@@ -1,10 +1,18 @@
-"""Atomic output directory and the human-readable report of an ingest run."""
+"""Atomic output directory, the human-readable report of an ingest run, and its split protocol."""
 from __future__ import annotations
 
 import os
 import shutil
 import uuid
 from pathlib import Path
+from typing import Any
+
+#: the MLflow tag ``dataset.protocol`` of a run on a dataset (see :func:`protocol_of`)
+LEAKY_PROTOCOL = "leaky-image-split"
+PATIENT_PROTOCOL = "patient-split"
+LEAKY_WARNING = ("leaky audit protocol: ingest.split.unit=image splits every image on its own: a patient's "
+                 "films land in several splits{kept}; metrics on this dataset are not results (for audits of "
+                 "the source studies' protocol only)")
 
 
 class AtomicDir:
@@ -71,3 +79,35 @@ def format_counts(table: list[dict], splits: list[str]) -> str:
     lines.append(f"{'total':<{w0 + w1}}" + "".join(f"{col_tot[s]:>8}" for s in splits)
                  + f"{sum(col_tot.values()):>8}")
     return "\n".join(lines)
+
+
+def protocol_record(ing: Any) -> dict[str, Any]:
+    """summary.json's ``protocol`` object of an ingest config (cxrspark.config.IngestConfig)."""
+    leaky = ing.split.unit == "image"
+    return {"split_unit": ing.split.unit, "leaky_audit": ing.split.leaky_audit, "dedup_exact": ing.dedup.exact,
+            "dedup_near": ing.dedup.near, "leaky": leaky}
+
+
+def leaky_warning(ing: Any) -> str | None:
+    """The warning line of an ingest with the leaky image-level split (None for the patient split)."""
+    if ing.split.unit != "image":
+        return None
+    off = [f"dedup.{k}=false" for k in ("exact", "near") if not getattr(ing.dedup, k)]
+    return "WARNING: " + LEAKY_WARNING.format(
+        kept=f", and duplicates are kept ({', '.join(off)}) and straddle splits too" if off else "")
+
+
+def is_leaky(summary: dict[str, Any]) -> bool:
+    """Whether an ingest output's summary.json describes the leaky image-level split: its ``protocol``
+    object, else (an output written before it existed) its recorded ``ingest.split.unit``."""
+    protocol = summary.get("protocol")
+    if isinstance(protocol, dict) and "leaky" in protocol:
+        return bool(protocol["leaky"])
+    split = ((summary.get("config") or {}).get("ingest") or {}).get("split") or {}
+    return split.get("unit") == "image"
+
+
+def protocol_of(summary: dict[str, Any]) -> str:
+    """The MLflow tag ``dataset.protocol`` of a run on the dataset whose summary.json is ``summary``:
+    ``leaky-image-split`` or ``patient-split``."""
+    return LEAKY_PROTOCOL if is_leaky(summary) else PATIENT_PROTOCOL

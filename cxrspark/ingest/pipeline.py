@@ -6,27 +6,32 @@ Output layout (under ``ingest.output``)::
     quarantine/        rows that could not be used, with stage and reason
     filtered/          rows out of scope, with the rule
     duplicates/        the dedup report: every dropped row, what it duplicates, the evidence
-    summary.json       counts, reconciliation, config, dataset fingerprint
+    summary.json       counts, reconciliation, config, split protocol, standardisation, dataset fingerprint
+
+The split is by patient (``ingest.split.unit: patient``, split groups never straddle splits) or, for
+audits of the source studies' leaky protocol only, by image (``unit: image``, with ``leaky_audit``):
+then the ingest warns loudly and summary.json's ``protocol`` says ``"leaky": true``.
 """
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import shutil
 import time
 from typing import Callable
 
-from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
 import cxrspark
-from cxrspark.config import Config, to_dict
+from cxrspark.config import Config, SplitConfig, to_dict
 from cxrspark.ingest.dedup import KEEP_RULE, REPORT_DDL, DedupResult, find_duplicates, method_identity
 from cxrspark.ingest.groups import connected_components
-from cxrspark.ingest.output import AtomicDir, format_counts
+from cxrspark.ingest.output import AtomicDir, format_counts, leaky_warning, protocol_record
 from cxrspark.ingest.split import assign_unit_splits
 from cxrspark.ingest.stages import (decode, finish_records, metadata_outcome, output_files, segment,
-                                    write_records)
+                                    standardize_record, write_records)
 from cxrspark.spark.progress import StageTracker
 from cxrspark.schema import (CURATED, CURATED_COLUMNS, DUPLICATE, FILTERED, OUTCOMES, QUARANTINED,
                              RECORD_COLUMNS)
@@ -51,6 +56,9 @@ def run_ingest(spark: SparkSession, cfg: Config, log: Callable[[str], None] = pr
     summary["output"] = str(final)
     log(format_counts(summary["curated_table"], list(ing.split.ratios)))
     log(summary["reconciliation"])
+    warning = leaky_warning(ing)
+    if warning:
+        log(f"ingest: {warning}")
     lungs = summary["lungs"]
     if lungs["segmentation"] != "none":
         log(f"lungs: {lungs['segmented']} curated images segmented, {lungs['flagged']} with an implausible mask "
@@ -70,6 +78,10 @@ def _run(spark: SparkSession, cfg: Config, out: AtomicDir, log: Callable[[str], 
 def _stages(spark: SparkSession, cfg: Config, out: AtomicDir, track: StageTracker) -> dict:
     ing = cfg.ingest
     log = track.log
+    standardize = standardize_record(ing)  # a reference image that cannot be used stops the ingest here
+    warning = leaky_warning(ing)
+    if warning:
+        log(f"ingest: {warning}")
     with track.stage("sources"):
         per_source, source_problems = write_records(cfg.sources, out.path("_work", "records"), log)
     n_input = sum(per_source.values())
@@ -108,13 +120,13 @@ def _stages(spark: SparkSession, cfg: Config, out: AtomicDir, track: StageTracke
         f"{st['verified_pairs']} verified near pairs, {st['groups']} groups")
 
     with track.stage("split"):
-        placed = _place(spark, ok, dd, ing.split.ratios, ing.split.seed)
+        placed = _place(spark, ok, dd, ing.split)
 
     with track.stage("write"):
         _write(spark, out, ing, placed, early, bad, dd)
 
     with track.stage("summary"):
-        summary = _summary(spark, cfg, out, n_input, dd, identity)
+        summary = _summary(spark, cfg, out, n_input, dd, identity, standardize)
     shutil.rmtree(out.path("_work"), ignore_errors=True)
     summary["source_problems"] = source_problems
     summary["input_rows_per_source"] = dict(sorted(per_source.items()))
@@ -124,9 +136,10 @@ def _stages(spark: SparkSession, cfg: Config, out: AtomicDir, track: StageTracke
     return summary
 
 
-def _place(spark: SparkSession, ok: DataFrame, dd: DedupResult, ratios: dict[str, float], seed: int) -> DataFrame:
+def _place(spark: SparkSession, ok: DataFrame, dd: DedupResult, split: SplitConfig) -> DataFrame:
     """``ok`` + outcome, reason, dup_group, split_group and split, by joins with tables of the duplicate
-    groups' members and the linked patients; the driver assigns splits from per-unit image counts."""
+    groups' members and the linked patients. ``unit: patient``: the driver assigns splits from per-unit
+    image counts; ``unit: image``: :func:`image_split` (``split_group`` still names the patient group)."""
     rows = [(rid, QUARANTINED, why, None) for rid, why in dd.conflicts.items()]
     rows += [(d["record_id"], DUPLICATE, f"{d['kind']}_duplicate: of {d['duplicate_of']}", d["dup_group"])
              for d in dd.report]
@@ -140,11 +153,55 @@ def _place(spark: SparkSession, ok: DataFrame, dd: DedupResult, ratios: dict[str
             .withColumn("outcome", F.coalesce("outcome", F.lit(CURATED)))
             .withColumn("split_group", F.coalesce("unit", "patient_key")).drop("unit"))
     curated = base.where(F.col("outcome") == CURATED)
+    if split.unit == "image":
+        return base.withColumn("split", F.when(F.col("outcome") == CURATED,
+                                               image_split(curated, split.ratios, split.seed)))
     counts = curated.groupBy("split_group", "label").count().collect()  # one row per unit and label
-    split_of = assign_unit_splits((((r["split_group"], r["label"]), r["count"]) for r in counts), ratios, seed)
+    split_of = assign_unit_splits((((r["split_group"], r["label"]), r["count"]) for r in counts),
+                                  split.ratios, split.seed)
     splits = spark.createDataFrame(sorted(split_of.items()), "split_group string, _split string")
     return (base.join(F.broadcast(splits), "split_group", "left")
             .withColumn("split", F.when(F.col("outcome") == CURATED, F.col("_split"))).drop("_split"))
+
+
+def image_split(curated: DataFrame, ratios: dict[str, float], seed: int) -> Column:
+    """The split column of the leaky image-level protocol: every curated image is its own unit, placed by
+    a seeded 64-bit hash of its record_id, stratified by label. Within each label the images are ranked
+    by (hash, record_id); the split of cumulative ratio c ends at rank round(c * n), so every split gets
+    its ratio of every label within rounding. The driver receives the images at those ranks (labels x
+    splits rows), never a per-image list; a patient's images and duplicates land in several splits,
+    which is the point of the protocol."""
+    names = [n for n, r in ratios.items() if r > 0]
+    h = F.xxhash64(F.lit(seed), F.col("record_id"))
+    cumulative, total = [], 0.0
+    for n in names[:-1]:
+        total += ratios[n]
+        cumulative.append(min(total, 1.0))
+    if not cumulative:
+        return F.lit(names[0])
+    by_label = Window.partitionBy("label")
+    ranked = (curated.select("label", "record_id", h.alias("h"))
+              .withColumn("rank", F.row_number().over(by_label.orderBy("h", "record_id")))
+              .withColumn("n", F.count("*").over(by_label)))
+    ends = [F.floor(F.col("n") * c + 0.5) for c in cumulative]
+    at_an_end = F.col("rank") == ends[0]
+    for e in ends[1:]:
+        at_an_end = at_an_end | (F.col("rank") == e)
+    rows = ranked.where(at_an_end).collect()
+    at = {(r["label"], r["rank"]): (r["h"], r["record_id"]) for r in rows}
+    sizes = {r["label"]: r["n"] for r in rows}
+    column = F.lit(names[-1])  # a label too small for any end rank: every image to the last split
+    for label in sorted(sizes):
+        per_label = F.lit(names[-1])
+        for name, c in reversed(list(zip(names, cumulative))):
+            end = at.get((label, math.floor(sizes[label] * c + 0.5)))
+            if end is None:  # round(c * n) = 0: no image of this label up to this split
+                continue
+            last_h, last_id = end
+            upto = (h < F.lit(last_h)) | ((h == F.lit(last_h)) & (F.col("record_id") <= F.lit(last_id)))
+            per_label = F.when(upto, F.lit(name)).otherwise(per_label)
+        column = F.when(F.col("label") == label, per_label).otherwise(column)
+    return column
 
 
 def _write(spark: SparkSession, out: AtomicDir, ing, placed: DataFrame, early: DataFrame, bad: DataFrame,
@@ -176,7 +233,7 @@ def _write(spark: SparkSession, out: AtomicDir, ing, placed: DataFrame, early: D
 
 
 def _summary(spark: SparkSession, cfg: Config, out: AtomicDir, n_input: int, dd: DedupResult,
-             identity: dict[str, str]) -> dict:
+             identity: dict[str, str], standardize: dict) -> dict:
     """Counts, reasons, the curated table and the dataset hash, from what was WRITTEN (Spark
     aggregations; nothing per image reaches the driver), and the reconciliation with the input."""
     ing = cfg.ingest
@@ -206,9 +263,11 @@ def _summary(spark: SparkSession, cfg: Config, out: AtomicDir, n_input: int, dd:
     # the U-Net's weights change the stored images and masks: they are part of the dataset's identity;
     # where the dataset is written and how the work was spread are not
     settings = {k: v for k, v in config["ingest"].items() if k not in ("output", "partitions")}
-    # so are the near-duplicate method's version and its projection matrices (they decide the groups)
+    # so are the near-duplicate method's version and its projection matrices (they decide the groups),
+    # and the standardisation's reference image (its settings, the split unit and the dedup switches are
+    # in ``settings``)
     dataset_hash = hashlib.sha256((fingerprint(read[CURATED]) + json.dumps(settings, sort_keys=True)
-                                   + lungs.get("weights_sha256", "")
+                                   + lungs.get("weights_sha256", "") + (standardize["reference_sha256"] or "")
                                    + json.dumps(method_identity(ing.dedup), sort_keys=True)).encode()).hexdigest()
     return {
         "cxrspark_version": cxrspark.__version__,
@@ -222,6 +281,8 @@ def _summary(spark: SparkSession, cfg: Config, out: AtomicDir, n_input: int, dd:
         "dedup": {**{k: v for k, v in dd.stats.items() if not k.startswith("seconds_")},
                   "linked_patient_keys": len(dd.patient_links), "keep_rule": KEEP_RULE},
         "lungs": lungs,
+        "standardize": standardize,
+        "protocol": protocol_record(ing),
         "identity": _identity_summary(read[CURATED], identity),
         "dataset_hash": dataset_hash,
         "config": config,

@@ -17,7 +17,8 @@ import pyarrow.parquet as pq
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from cxrspark.config import Config, SourceConfig
+from cxrspark.config import Config, IngestConfig, SourceConfig
+from cxrspark.images.standardize import Standardizer, file_sha256
 from cxrspark.ingest.dedup import keypoint_params
 from cxrspark.schema import (FILTERED, FRONTAL_VIEWS, LATERAL_VIEWS, QUARANTINED, RECORD_DDL,
                              SEGMENTED_DDL, UNKNOWN_VIEW, SourceRecord)
@@ -143,17 +144,48 @@ def metadata_outcome(cfg: Config) -> tuple[Column, Column]:
 
 
 # ---- 3. decode, hash, keypoints, contrast, resize (the pandas UDF) -------------------------------------------
+def standardizer(ing: IngestConfig) -> Standardizer | None:
+    """``ingest.standardize`` ready for the workers (a reference image decoded here, once), or None
+    for ``method: none``. A reference that cannot be read is a ValueError naming the key."""
+    st = ing.standardize
+    if st.method == "none":
+        return None
+    try:
+        return Standardizer.build(st.method, st.scale, st.reference)
+    except Exception as exc:  # noqa: BLE001 - unreadable or undecodable reference: one clear message
+        raise ValueError(f"ingest.standardize.reference {st.reference}: cannot be used as a reference "
+                         f"image: {type(exc).__name__}: {exc}") from exc
+
+
+def standardize_record(ing: IngestConfig) -> dict:
+    """What summary.json records of the standardisation (and the dataset hash covers): the settings,
+    the reference file's sha256 (histmatch with a reference image), and where it was applied. Checks
+    that the reference is usable, so a bad one stops the ingest before any work."""
+    st = ing.standardize
+    out = {"method": st.method, "scale": st.scale, "reference": st.reference, "reference_sha256": None}
+    if st.method == "none":
+        return out
+    standardizer(ing)
+    if st.method == "histmatch" and st.reference is not None:
+        out["reference_sha256"] = file_sha256(st.reference)
+    out["statistics_from"] = ("the lung mask aligned with the stored image" if ing.segmentation == "unet"
+                              else "the non-padding pixels of the stored image")
+    return out
+
+
 def decode(spark: SparkSession, df: DataFrame, cfg: Config, keypoints: bool = True,
            rows: int | None = None) -> DataFrame:
     """Decoded rows (DECODED_DDL); ``keypoints=False`` (prediction) leaves the near-duplicate columns null
-    but drafts JPEGs as an ingest with this config would."""
+    but drafts JPEGs as an ingest with this config would. Without segmentation the image is the stored
+    one, standardised here (``ingest.standardize``); with it, :func:`segment` standardises."""
     ing = cfg.ingest
     near = ing.dedup.near
     udf = make_prepare_udf(size=ing.image_size, resize_mode=ing.resize_mode, contrast=ing.contrast,
                            max_pixels=ing.max_pixels, min_side=ing.min_side,
                            max_file_bytes=ing.max_file_mb * 2**20, jpeg_draft=ing.jpeg_draft,
                            keypoints=keypoint_params(ing.dedup) if near and keypoints else None,
-                           draft_min=ing.dedup.work_size if near else 0)
+                           draft_min=ing.dedup.work_size if near else 0,
+                           standardize=standardizer(ing) if ing.segmentation == "none" else None)
     # enough tasks to keep every core busy and to show progress (``rows``: the row count when known);
     # the decode cost per row dwarfs the task overhead
     parts = (partitions_for(spark, rows, ing.partitions.decode_rows) if rows is not None
@@ -166,8 +198,9 @@ def decode(spark: SparkSession, df: DataFrame, cfg: Config, keypoints: bool = Tr
 # ---- 4. lung segmentation (the U-Net pandas UDF) ---------------------------------------------------
 def segment(df: DataFrame, cfg: Config) -> DataFrame:
     """``segmentation: unet``: lung mask + QC columns, and the stored image as ``lungs.stored_image``
-    says. ``none``: the full image, lung columns null. The weights are verified on the driver first,
-    so a missing or wrong file stops the job before any work instead of failing every task."""
+    says, standardised over the lung mask (``ingest.standardize``). ``none``: the full image, lung
+    columns null. The weights are verified on the driver first, so a missing or wrong file stops the job
+    before any work instead of failing every task."""
     nulls = [F.lit(None).cast(t).alias(c) for c, t in (x.split() for x in SEGMENTED_DDL.split(", "))
              if c != "image"]
     if cfg.ingest.segmentation == "none":
@@ -179,7 +212,7 @@ def segment(df: DataFrame, cfg: Config) -> DataFrame:
     udf = make_segment_udf(weights=lungs.weights, stored_image=lungs.stored_image, crop_margin=lungs.crop_margin,
                            batch_size=lungs.batch_size, threads=lungs.threads, threshold=lungs.threshold,
                            min_area=lungs.min_area, max_area=lungs.max_area, max_components=lungs.max_components,
-                           min_region=lungs.min_region)
+                           min_region=lungs.min_region, standardize=standardizer(cfg.ingest))
     return (df.withColumn("_s", udf(F.col("image"), F.col("height")))
             .select(*[c for c in df.columns if c != "image"], "_s.*").drop("_s"))
 

@@ -1,10 +1,11 @@
 """pandas UDFs over cxrspark.images and cxrspark.segmentation, one Arrow batch at a time.
 
-- ``make_prepare_udf``: decode + hash + contrast + resize. A bad file never fails the task: its error
-  goes into the ``decode_error`` column with a reason code ("corrupt_image: ...") and the pipeline
-  quarantines the row.
-- ``make_segment_udf``: lung masks with the U-Net. The model is loaded once per Python worker (a
-  module-level cache that outlives tasks, as Spark reuses its Python workers) and run on batches.
+- ``make_prepare_udf``: decode + hash + contrast + resize (+ standardisation when given, the stored
+  image of an ingest without segmentation). A bad file never fails the task: its error goes into the
+  ``decode_error`` column with a reason code ("corrupt_image: ...") and the pipeline quarantines the row.
+- ``make_segment_udf``: lung masks with the U-Net, the stored image built from them (+ standardisation
+  over the lung mask when given). The model is loaded once per Python worker (a module-level cache that
+  outlives tasks, as Spark reuses its Python workers) and run on batches.
 - ``make_verify_udf``: near-duplicate verification of candidate pairs (cxrspark.images.copymatch).
 - ``make_classify_udf``: class probabilities of a trained classifier, shipped to the workers as a
   broadcast of its saved bytes and loaded once per Python worker the same way.
@@ -22,8 +23,11 @@ from cxrspark.schema import DECODED_DDL, PREDICTED_DDL, SEGMENTED_DDL
 
 
 def prepare_one(path: str, *, size: int, resize_mode: str, contrast: str, max_pixels: int,
-                max_file_bytes: int, jpeg_draft: bool, min_side: int = 1, keypoints=None, draft_min: int = 0) -> dict:
-    """Read one file and prepare it; every failure becomes a decode_error (never an exception)."""
+                max_file_bytes: int, jpeg_draft: bool, min_side: int = 1, keypoints=None, draft_min: int = 0,
+                standardize=None) -> dict:
+    """Read one file and prepare it; every failure becomes a decode_error (never an exception).
+    ``standardize``: a cxrspark.images.standardize.Standardizer applied to the prepared image (over its
+    non-padding pixels), or None."""
     from cxrspark.images import DecodeError, prepare
 
     empty = {c.split()[0]: None for c in DECODED_DDL.split(", ")}
@@ -46,9 +50,10 @@ def prepare_one(path: str, *, size: int, resize_mode: str, contrast: str, max_pi
         return {**empty, "decode_error": str(exc)}
     except Exception as exc:  # an unexpected decoder failure is still a per-row outcome
         return {**empty, "decode_error": f"decode_failed: {type(exc).__name__}: {exc}"}
+    image = standardize(p.image) if standardize is not None else p.image
     kp = p.keypoints
     return {
-        "image": p.image.tobytes(), "height": int(p.image.shape[0]), "width": int(p.image.shape[1]),
+        "image": image.tobytes(), "height": int(image.shape[0]), "width": int(image.shape[1]),
         "orig_height": int(p.orig_height), "orig_width": int(p.orig_width),
         "orig_format": p.orig_format, "orig_mode": p.orig_mode,
         "pixel_sha256": p.pixel_sha256, "phash": int(p.phash),
@@ -74,12 +79,13 @@ def typed_frame(rows: list[dict], ddl: str) -> pd.DataFrame:
 
 
 def make_prepare_udf(*, size: int, resize_mode: str, contrast: str, max_pixels: int,
-                     max_file_bytes: int, jpeg_draft: bool, min_side: int = 1, keypoints=None, draft_min: int = 0):
+                     max_file_bytes: int, jpeg_draft: bool, min_side: int = 1, keypoints=None, draft_min: int = 0,
+                     standardize=None):
     """A pandas UDF: path column -> struct of DECODED_DDL (``keypoints``: a KeypointParams, or None
-    to leave the near-duplicate columns null)."""
+    to leave the near-duplicate columns null; ``standardize``: a Standardizer for the stored image, or None)."""
     opts = dict(size=size, resize_mode=resize_mode, contrast=contrast, max_pixels=max_pixels,
                 max_file_bytes=max_file_bytes, jpeg_draft=jpeg_draft, min_side=min_side, keypoints=keypoints,
-                draft_min=draft_min)
+                draft_min=draft_min, standardize=standardize)
 
     @pandas_udf(DECODED_DDL)
     def prepare_images(paths: pd.Series) -> pd.DataFrame:
@@ -121,9 +127,13 @@ def segmenter(weights: str | None, threads: int, batch_size: int):
 
 def segment_batch(seg, images: list[bytes | None], heights: list, *, stored_image: str, crop_margin: float,
                   threshold: float, min_area: float, max_area: float, max_components: int,
-                  min_region: float) -> pd.DataFrame:
-    """Segment one batch of stored images (raw uint8 bytes, square); rows without an image stay null."""
-    from cxrspark.segmentation.masks import analyse, encode_mask
+                  min_region: float, standardize=None) -> pd.DataFrame:
+    """Segment one batch of stored images (raw uint8 bytes, square); rows without an image stay null.
+
+    ``standardize`` (a cxrspark.images.standardize.Standardizer, or None) is applied to the stored image
+    once it is built, with the lung mask aligned to it (cut like the image for ``lung_crop``); a
+    ``lung_masked`` image keeps its non-lung pixels at 0."""
+    from cxrspark.segmentation.masks import analyse, encode_mask, mask_in_stored_frame, mask_outside_lungs
 
     cols = [c.split()[0] for c in SEGMENTED_DDL.split(", ")]
     rows: list[dict[str, Any]] = [dict.fromkeys(cols) for _ in images]
@@ -138,7 +148,12 @@ def segment_batch(seg, images: list[bytes | None], heights: list, *, stored_imag
             r = analyse(img, prob, stored_image=stored_image, crop_margin=crop_margin, threshold=threshold,
                         min_area=min_area, max_area=max_area, max_components=max_components,
                         min_region=min_region)
-            rows[i] = {"image": r.image.tobytes(), "lung_mask": encode_mask(r.mask),
+            stored = r.image
+            if standardize is not None:
+                stored = standardize(stored, mask_in_stored_frame(r.mask, stored_image, crop_margin))
+                if stored_image == "lung_masked" and r.mask.any():
+                    stored = mask_outside_lungs(stored, r.mask)
+            rows[i] = {"image": stored.tobytes(), "lung_mask": encode_mask(r.mask),
                        "lung_area_fraction": r.qc.area_fraction, "lung_components": r.qc.components,
                        "lung_mask_ok": r.qc.ok, "lung_qc": r.qc.reason}
     return typed_frame(rows, SEGMENTED_DDL)
@@ -146,10 +161,11 @@ def segment_batch(seg, images: list[bytes | None], heights: list, *, stored_imag
 
 def make_segment_udf(*, weights: str | None, stored_image: str, crop_margin: float, batch_size: int,
                      threads: int, threshold: float, min_area: float, max_area: float, max_components: int,
-                     min_region: float):
-    """A pandas UDF: (image, height) -> struct of SEGMENTED_DDL (the stored image and the lung columns)."""
+                     min_region: float, standardize=None):
+    """A pandas UDF: (image, height) -> struct of SEGMENTED_DDL (the stored image and the lung columns;
+    ``standardize``: a Standardizer for the stored image, or None)."""
     opts = dict(stored_image=stored_image, crop_margin=crop_margin, threshold=threshold, min_area=min_area,
-                max_area=max_area, max_components=max_components, min_region=min_region)
+                max_area=max_area, max_components=max_components, min_region=min_region, standardize=standardize)
 
     @pandas_udf(SEGMENTED_DDL)
     def segment_lungs(batches: Iterator[Tuple[pd.Series, pd.Series]]) -> Iterator[pd.DataFrame]:
