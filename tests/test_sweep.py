@@ -131,6 +131,8 @@ def test_sweep_job_end_to_end_with_a_leaky_row_and_reuse(tmp_path):
     assert internal.data.params["input_size"] == "32" and internal.data.params["n_train"] == str(
         sum(r["n"] for r in json.loads((tmp_path / "sweep" / "datasets" / "patients" / "summary.json").read_text())
             ["curated_table"] if r["split"] == "train"))
+    assert internal.data.tags["dataset.protocol"] == "patient-split"
+    assert client.get_run(table.loc["leaky protocol", "train_run_id"]).data.tags["dataset.protocol"] == "leaky-image-split"
     files = {a.path for a in client.list_artifacts(parent.info.run_id, "sweep")}
     assert {"sweep/table.json", "sweep/SWEEP.md", "sweep/config.yaml"} <= files
 

@@ -10,6 +10,12 @@ With minority oversampling each class named in the config gets its own stream (t
 filtered to that class, shuffled with a per-rank seed) and ``sample_from_datasets`` draws that
 fraction of every batch from it; the rest of the batch comes from the other classes.
 
+With source-balanced sampling (``train.balance.sources``) every (class, source) pair gets such a
+stream: a class keeps its share of the batch (natural, or the oversampled fraction) and splits it
+equally among its training sources; sources with fewer than ``balance.min_images`` images of the
+class share one pooled stream (see :func:`source_balanced_weights`). Every stream reads the whole
+split (one reader per stream); their shuffle buffers share ``train.shuffle_buffer``.
+
 Evaluation streams are finite and sharded the same way; see :func:`eval_batches`.
 """
 from __future__ import annotations
@@ -19,7 +25,7 @@ import glob
 import json
 import math
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -52,6 +58,8 @@ class DatasetInfo:
     exclude_lung_flagged: bool = False
     #: read only images of these sources (None: every source); counts are already restricted to them
     sources: tuple[str, ...] | None = None
+    #: split -> (source, class) -> number of curated images, restricted and lung-filtered like ``counts``
+    source_counts: dict[str, dict[tuple[str, str], int]] = field(default_factory=dict)
 
     def url(self, split: str) -> str:
         return f"file://{self.root}/curated/{split}"
@@ -77,6 +85,7 @@ def load_dataset_info(root: str | Path, exclude_lung_flagged: bool = False,
                            f"or point train.dataset at its ingest.output folder")
     s = json.loads(summary.read_text())
     counts: dict[str, dict[str, int]] = {sp: {c: 0 for c in s["classes"]} for sp in s["splits"]}
+    by_source: dict[str, dict[tuple[str, str], int]] = {sp: {} for sp in s["splits"]}
     if exclude_lung_flagged and s.get("lungs", {}).get("segmentation", "none") == "none":
         raise DatasetError(f"train.exclude_lung_flagged needs lung QC columns, but {root} was ingested "
                            f"without segmentation; re-run ingest with ingest.segmentation: unet")
@@ -93,8 +102,10 @@ def load_dataset_info(root: str | Path, exclude_lung_flagged: bool = False,
             continue
         drop = (row.get("lung_flagged") or 0) if exclude_lung_flagged and row["split"] == train_split else 0
         counts[row["split"]][row["label"]] += row["n"] - drop
+        key = (row["source"], row["label"])
+        by_source[row["split"]][key] = by_source[row["split"]].get(key, 0) + row["n"] - drop
     return DatasetInfo(root, int(s["config"]["ingest"]["image_size"]), list(s["classes"]),
-                       s["dataset_hash"], counts, exclude_lung_flagged, kept)
+                       s["dataset_hash"], counts, exclude_lung_flagged, kept, by_source)
 
 
 def sources_of(root: str | Path) -> dict[str, int]:
@@ -136,11 +147,21 @@ def _rows(reader, thin: bool, rank: int, size: int, sources: tuple[str, ...] | N
     return ds
 
 
-def _decode(image_size: int, n_classes: int):
-    def decode(row) -> tuple[tf.Tensor, tf.Tensor]:
+def _decode(image_size: int, n_classes: int, source_index: dict[str, int] | None = None):
+    """Row -> (image, one-hot label), or ``({"image": image, "source": index}, label)`` with
+    ``source_index`` (sources it does not name get -1)."""
+    table = None
+    if source_index is not None:
+        table = tf.lookup.StaticHashTable(tf.lookup.KeyValueTensorInitializer(
+            tf.constant(list(source_index) or [""]), tf.constant(list(source_index.values()) or [-1], tf.int32)), -1)
+
+    def decode(row):
         pixels = tf.io.decode_raw(row.image, tf.uint8)
         image = tf.cast(tf.reshape(pixels, (image_size, image_size, 1)), tf.float32)
-        return image, tf.one_hot(tf.cast(row.label_index, tf.int32), n_classes)
+        label = tf.one_hot(tf.cast(row.label_index, tf.int32), n_classes)
+        if table is None:
+            return image, label
+        return {"image": image, "source": table.lookup(row.source)}, label
     return decode
 
 
@@ -165,42 +186,91 @@ def make_augmenter(settings: dict[str, Any], seed: int) -> tf.keras.Sequential |
 
 
 # ---- datasets -----------------------------------------------------------------------------------
+def source_balanced_weights(counts: dict[tuple[str, str], int], classes: list[str],
+                            oversample: dict[str, float], min_images: int) -> dict[tuple[str, tuple[str, ...]], float]:
+    """The streams of source-balanced sampling: (class, its sources) -> fraction of every batch.
+
+    ``counts`` is (source, class) -> training images. A class's share is its natural share of the
+    split, or ``oversample``'s fraction for the classes it names (the rest of the batch then goes to
+    the other classes in their natural mix). Within a class the share is split equally among its
+    sources; sources with fewer than ``min_images`` images of the class form one pooled stream that
+    counts as one source. The fractions sum to 1 (when ``oversample`` names every class that has
+    images, its fractions are scaled up to 1)."""
+    per_class: dict[str, dict[str, int]] = {c: {} for c in classes}
+    for (source, label), n in sorted(counts.items()):
+        if n > 0 and label in per_class:
+            per_class[label][source] = n
+    n_class = {c: sum(v.values()) for c, v in per_class.items()}
+    for c in oversample:
+        if n_class.get(c, 0) == 0:
+            raise DatasetError(f"cannot oversample {c!r}: the training split has no such images")
+    rest, free = sum(n for c, n in n_class.items() if c not in oversample), 1.0 - sum(oversample.values())
+    share = {c: oversample[c] if c in oversample else free * n_class[c] / max(rest, 1) for c in classes}
+    total = sum(share[c] for c in classes if n_class[c])
+    if total <= 0:
+        raise DatasetError("the training split has no images")
+    out: dict[tuple[str, tuple[str, ...]], float] = {}
+    for c in classes:
+        own = [(src,) for src, n in per_class[c].items() if n >= min_images]
+        pooled = tuple(src for src, n in per_class[c].items() if n < min_images)
+        streams = own + ([pooled] if pooled else [])
+        for sources in streams:
+            out[(c, sources)] = share[c] / total / len(streams)
+    return out
+
+
 def steps_per_epoch(info: DatasetInfo, split: str, batch_size: int, size: int, cap: int | None = None) -> int:
     """One pass over the split by all ranks together; identical on every rank."""
     steps = max(1, math.ceil(info.size(split) / (batch_size * size)))
     return min(steps, cap) if cap else steps
 
 
-def train_dataset(info: DatasetInfo, tcfg, rank: int, size: int, stack: contextlib.ExitStack) -> tf.data.Dataset:
-    """The infinite, shuffled, augmented, batched training stream of this rank.
+def train_dataset(info: DatasetInfo, tcfg, rank: int, size: int, stack: contextlib.ExitStack,
+                  source_index: dict[str, int] | None = None) -> tf.data.Dataset:
+    """The infinite, shuffled, augmented, batched training stream of this rank: batches of
+    ``(image, one-hot label)``, or with ``source_index`` (source -> integer, e.g. the adversary's)
+    ``({"image": image, "source": index}, one-hot label)``.
 
     ``tcfg`` is a :class:`cxrspark.config.TrainConfig`; readers are closed when ``stack`` closes."""
     split = tcfg.train_split
     seed = tcfg.seed + 1000 * rank
-    decode = _decode(info.image_size, len(info.classes))
+    decode = _decode(info.image_size, len(info.classes), source_index)
     over = {info.classes.index(c): f for c, f in tcfg.imbalance.oversample.items()}
 
-    def stream(keep=None, shard=True) -> tf.data.Dataset:
+    def label(row) -> tf.Tensor:
+        return tf.cast(row.label_index, tf.int32)
+
+    def stream(keep=None, shard=True, buffer: int = tcfg.shuffle_buffer) -> tf.data.Dataset:
         reader, thin = _reader(info, split, rank, size, repeat=True, shuffle=True, seed=seed,
                                workers=tcfg.reader_workers, shard=shard)
         stack.callback(lambda: (reader.stop(), reader.join()))
         ds = _rows(reader, thin, rank, size, info.sources)
         if info.exclude_lung_flagged:
             ds = ds.filter(lambda row: row.lung_mask_ok)
-        ds = ds.map(decode, num_parallel_calls=tf.data.AUTOTUNE)
         if keep is not None:
-            ds = ds.filter(lambda x, y: keep(tf.argmax(y, output_type=tf.int32)))
-        return ds.shuffle(tcfg.shuffle_buffer, seed=seed)
+            ds = ds.filter(keep)
+        ds = ds.map(decode, num_parallel_calls=tf.data.AUTOTUNE)
+        return ds.shuffle(buffer, seed=seed)
 
-    if over:
+    if tcfg.balance.sources:
+        counts = info.source_counts.get(split, {})
+        streams = source_balanced_weights(counts, info.classes, tcfg.imbalance.oversample, tcfg.balance.min_images)
+        # the streams share train.shuffle_buffer (memory, and the images read before the first batch)
+        share = max(1, tcfg.shuffle_buffer // len(streams))
+        parts = [stream(lambda row, k=info.classes.index(c), s=tf.constant(sources):
+                        tf.logical_and(tf.equal(label(row), k), tf.reduce_any(tf.equal(row.source, s))),
+                        shard=False, buffer=min(share, sum(counts.get((src, c), 0) for src in sources)))
+                 for c, sources in streams]
+        ds = tf.data.Dataset.sample_from_datasets(parts, weights=list(streams.values()), seed=seed)
+    elif over:
         present = info.counts[split]
         for c in tcfg.imbalance.oversample:
             if present.get(c, 0) == 0:
                 raise DatasetError(f"cannot oversample {c!r}: the {split} split has no such images")
         minority = list(over)
-        parts = [stream(lambda k, c=c: tf.equal(k, c), shard=False) for c in minority]
+        parts = [stream(lambda row, c=c: tf.equal(label(row), c), shard=False) for c in minority]
         rest = tf.constant(minority, tf.int32)
-        parts.append(stream(lambda k: tf.logical_not(tf.reduce_any(tf.equal(k, rest))), shard=False))
+        parts.append(stream(lambda row: tf.logical_not(tf.reduce_any(tf.equal(label(row), rest))), shard=False))
         weights = [over[c] for c in minority] + [1.0 - sum(over.values())]
         ds = tf.data.Dataset.sample_from_datasets(parts, weights=weights, seed=seed)
     else:
@@ -208,8 +278,10 @@ def train_dataset(info: DatasetInfo, tcfg, rank: int, size: int, stack: contextl
     ds = ds.batch(tcfg.batch_size, drop_remainder=True)
     augment = make_augmenter(tcfg.augment.resolved(), seed)
     if augment is not None:
-        ds = ds.map(lambda x, y: (tf.clip_by_value(augment(x, training=True), 0.0, 255.0), y),
-                    num_parallel_calls=tf.data.AUTOTUNE)
+        def augmented(x, y):
+            image = tf.clip_by_value(augment(x["image"] if isinstance(x, dict) else x, training=True), 0.0, 255.0)
+            return ({**x, "image": image} if isinstance(x, dict) else image), y
+        ds = ds.map(augmented, num_parallel_calls=tf.data.AUTOTUNE)
     return ds.prefetch(tf.data.AUTOTUNE)
 
 

@@ -9,9 +9,14 @@ What makes it correct on N ranks:
 - Validation is exact: every rank scores its disjoint share of the split and the loss and accuracy
   sums are allreduced, so all ranks see the same val_loss and early stopping stops them together.
 - The learning rate warms up from the single-worker rate to rate x ranks, holds, then steps down.
+- With ``train.adversary.enabled`` the model is trained inside an
+  :class:`~cxrspark.train.adversary.AdversarialTrainer` (a source adversary behind gradient reversal;
+  its one ``optimizer.minimize`` per step is where Horovod averages the gradients, once); the
+  classifier alone is validated, evaluated and logged.
 - Only rank 0 writes checkpoints and talks to MLflow. A checkpoint is the TensorFlow checkpoint of
   model and optimizer (written first) plus ``state.json`` (written last, atomically) naming it, the
   epoch counter, the early-stopping state and the MLflow run; ``resume=True`` continues from it.
+  With the adversary the checkpoint holds the trainer (classifier, adversary, lambda).
 """
 from __future__ import annotations
 
@@ -30,6 +35,7 @@ import tensorflow as tf
 
 from cxrspark.config import Config, to_dict
 from cxrspark.metrics import confusion_matrix, per_class_table
+from cxrspark.train import adversary as tadv
 from cxrspark.train import data as tdata
 from cxrspark.train.models import build_model
 
@@ -267,13 +273,15 @@ def run_training(cfg: Config, *, resume: bool = False) -> dict[str, Any]:
     out = Path(tcfg.output).resolve()
     checkpoints = out / "checkpoints"
 
+    adversary = _adversary_sources(info, tcfg) if tcfg.adversary.enabled else None
     state = None
     if rank == 0:
         state = read_state(checkpoints) if resume else None
         if resume and state is None:
             print(f"--resume: no checkpoint in {checkpoints}; starting from epoch 0", flush=True)
         if state is not None:
-            for key, now in (("model", tcfg.model), ("dataset_hash", info.dataset_hash)):
+            for key, now in (("model", tcfg.model), ("dataset_hash", info.dataset_hash),
+                             ("adversary_sources", adversary and adversary[0])):
                 if state.get(key) != now:
                     raise ResumeError(f"the checkpoint in {checkpoints} was made with {key} "
                                       f"{state.get(key)!r}, not {now!r}; use another train.output")
@@ -285,12 +293,16 @@ def run_training(cfg: Config, *, resume: bool = False) -> dict[str, Any]:
     model = build_model(tcfg.model, len(info.classes), info.image_size, input_size=tcfg.input_size,
                         weights=tcfg.weights,
                         fine_tune_layers=tcfg.fine_tune_layers)
+    # what fit trains: the classifier, or the classifier plus the source adversary (sharing its layers)
+    trainer = model if adversary is None else tadv.AdversarialTrainer(
+        model, len(info.classes), len(adversary[0]), hidden=tcfg.adversary.hidden,
+        condition=tcfg.adversary.condition)
     schedule = dict(base=tcfg.learning_rate, size=size, warmup_epochs=tcfg.schedule.warmup_epochs,
                     decay_epochs=tcfg.schedule.decay_epochs, decay_factor=tcfg.schedule.decay_factor)
     initial_epoch = int(state["epoch"]) if state else 0
     optimizer = hvd.DistributedOptimizer(_optimizer(tcfg, learning_rate_at(initial_epoch, **schedule)))
-    model.compile(optimizer, loss=tf.keras.losses.CategoricalCrossentropy(label_smoothing=tcfg.label_smoothing),
-                  metrics=["accuracy"])
+    trainer.compile(optimizer, loss=tf.keras.losses.CategoricalCrossentropy(label_smoothing=tcfg.label_smoothing),
+                    metrics=["accuracy"])
     early = EarlyStop(tcfg.early_stopping.monitor, tcfg.early_stopping.patience, tcfg.early_stopping.min_delta,
                       tcfg.early_stopping.restore_best_weights, state["early_stopping"] if state else None,
                       enabled=tcfg.early_stopping.enabled)
@@ -298,14 +310,15 @@ def run_training(cfg: Config, *, resume: bool = False) -> dict[str, Any]:
         # every rank that can read the checkpoint restores it; rank 0's variables are broadcast anyway
         prefix = checkpoints / state["checkpoint"]
         if Path(f"{prefix}.index").is_file():
-            optimizer.build(model.trainable_variables)
-            tf.train.Checkpoint(model=model, optimizer=optimizer).restore(str(prefix)).assert_existing_objects_matched()
+            optimizer.build(trainer.trainable_variables)
+            ckpt = tf.train.Checkpoint(model=trainer, optimizer=optimizer)
+            ckpt.restore(str(prefix)).assert_existing_objects_matched()
             best = checkpoints / str(state.get("best_weights"))
             if early.restore_best and state.get("best_weights") and best.is_file():
-                current = model.get_weights()
-                model.load_weights(str(best))
-                early.best_weights = model.get_weights()
-                model.set_weights(current)
+                current = trainer.get_weights()
+                trainer.load_weights(str(best))
+                early.best_weights = trainer.get_weights()
+                trainer.set_weights(current)
         elif rank == 0:
             raise ResumeError(f"{checkpoints / STATE_FILE} names {prefix.name}, which is missing")
 
@@ -319,6 +332,8 @@ def run_training(cfg: Config, *, resume: bool = False) -> dict[str, Any]:
         ShardedValidation(info, tcfg.val_split, tcfg.batch_size, tcfg.label_smoothing, tcfg.reader_workers),
         early,
     ]
+    if adversary is not None:  # beside the learning-rate schedule: after the metric averaging, like "lr"
+        callbacks.insert(3, tadv.ReversalSchedule(steps, tcfg.epochs, tcfg.adversary.weight, tcfg.adversary.schedule))
     run_id = state.get("mlflow_run_id") if state else None
     if rank == 0:
         from cxrspark import tracking
@@ -328,13 +343,14 @@ def run_training(cfg: Config, *, resume: bool = False) -> dict[str, Any]:
                                  parent_run_id=tcfg.mlflow.parent_run_id)
         run_id = run.info.run_id
         if state is None:
-            _log_run_params(cfg, info, size, steps, model)
+            _log_run_params(cfg, info, size, steps, model, adversary)
         else:
             import mlflow
             mlflow.set_tag(f"resumed_at_epoch_{initial_epoch}", "true")
         callbacks += [
             Checkpointer(checkpoints, early, {
                 "model": tcfg.model, "dataset_hash": info.dataset_hash, "mlflow_run_id": run_id,
+                "adversary_sources": adversary and adversary[0],
                 "mlflow_tracking_uri": uri, "config_hash": _config_hash(cfg),
                 "history": state.get("history", []) if state else [],
                 "best_weights": state.get("best_weights") if state else None}),
@@ -350,10 +366,11 @@ def run_training(cfg: Config, *, resume: bool = False) -> dict[str, Any]:
                               "mlflow_run_id": run_id}
     try:
         with contextlib.ExitStack() as stack:
-            train_ds = tdata.train_dataset(info, tcfg, rank, size, stack)
-            history = model.fit(train_ds, epochs=tcfg.epochs, initial_epoch=initial_epoch, steps_per_epoch=steps,
-                                class_weight=weights, callbacks=callbacks,
-                                verbose=(1 if sys.stdout.isatty() else 2) if rank == 0 else 0)
+            train_ds = tdata.train_dataset(info, tcfg, rank, size, stack,
+                                           source_index=adversary[1] if adversary is not None else None)
+            history = trainer.fit(train_ds, epochs=tcfg.epochs, initial_epoch=initial_epoch,
+                                  steps_per_epoch=steps, class_weight=weights, callbacks=callbacks,
+                                  verbose=(1 if sys.stdout.isatty() else 2) if rank == 0 else 0)
         result.update(history={k: [float(x) for x in v] for k, v in history.history.items()},
                       epochs_run=len(history.epoch), last_epoch=(history.epoch[-1] if history.epoch else None),
                       steps_seen=counter.per_epoch, epoch_seconds=counter.seconds, stopped_early=early.stopped_epoch is not None,
@@ -380,18 +397,40 @@ def run_training(cfg: Config, *, resume: bool = False) -> dict[str, Any]:
     return result
 
 
-def _log_run_params(cfg: Config, info: tdata.DatasetInfo, size: int, steps: int, model) -> None:
+def _adversary_sources(info: tdata.DatasetInfo, tcfg) -> tuple[list[str], dict[str, int]]:
+    """The adversary's outputs and source -> output index, from the training split's counts."""
+    totals: dict[str, int] = {}
+    for (source, _), n in info.source_counts.get(tcfg.train_split, {}).items():
+        totals[source] = totals.get(source, 0) + n
+    return tadv.source_index(totals, tcfg.adversary.min_images)
+
+
+def _log_run_params(cfg: Config, info: tdata.DatasetInfo, size: int, steps: int, model,
+                    adversary: tuple[list[str], dict[str, int]] | None = None) -> None:
     import mlflow
     from cxrspark import tracking
 
     params = to_dict(cfg.train)
     params["augment"] = {"preset": cfg.train.augment.preset, **cfg.train.augment.resolved()}
+    if adversary is not None:
+        names, index = adversary  # output index:source, then the sources pooled into OTHER
+        pooled = "+".join(s for s, i in sorted(index.items()) if names[i] == tadv.OTHER)
+        params["adversary_sources"] = ",".join(f"{i}:{name}" for i, name in enumerate(names)) + \
+            (f" {tadv.OTHER}={pooled}" if pooled else "")
+    if cfg.train.balance.sources:
+        streams = tdata.source_balanced_weights(info.source_counts.get(cfg.train.train_split, {}), info.classes,
+                                                cfg.train.imbalance.oversample, cfg.train.balance.min_images)
+        mlflow.log_dict({f"{c}/{'+'.join(s)}": w for (c, s), w in streams.items()}, "balance_streams.json")
     tracking.log_params({**params, "dataset_path": str(info.root), "dataset_hash": info.dataset_hash,
                          "image_size": info.image_size, "classes": ",".join(info.classes),
                          "horovod_size": size, "global_batch_size": cfg.train.batch_size * size,
                          "steps_per_epoch_run": steps, "model_parameters": model.count_params(),
                          **{f"n_{s}": info.size(s) for s in info.counts}})
-    mlflow.set_tags({"dataset.hash": info.dataset_hash, "dataset.path": str(info.root), "model": cfg.train.model,
+    from cxrspark.ingest.output import protocol_of
+
+    summary = json.loads((info.root / "summary.json").read_text())
+    mlflow.set_tags({"dataset.protocol": protocol_of(summary),
+                     "dataset.hash": info.dataset_hash, "dataset.path": str(info.root), "model": cfg.train.model,
                      "dataset.sources": ",".join(info.sources) if info.sources is not None else "all"})
     mlflow.log_artifact(str(info.root / "summary.json"), artifact_path="dataset")
 
