@@ -161,7 +161,8 @@ def run_cell(cfg: Config, config_file: Path, model: str, variant: SweepVariant, 
             f"train.mlflow.experiment={sc.experiment}", f"train.mlflow.parent_run_id={parent_id}", *variant.set]
     cell_cfg = load_config([config_file], sets)
     train = to_dict(cell_cfg.train)
-    train.pop("mlflow")
+    for where in ("mlflow", "output"):  # where runs are logged and written, not what is trained
+        train.pop(where)
     key = _digest([train, info.dataset_hash, variant.loso, sc.loso_sources if variant.loso else []])
     done = cell / "row.json"
     if done.is_file():
