@@ -16,7 +16,9 @@ log(N) for the candidates, the chance candidates, the pair rows and the seconds:
 grows faster than about N^1.2 (an all-pairs search grows as N^2). For N up to --single-max the same
 search also runs in this process on one core (``cxrspark.ingest.buckets.bucket_pairs`` and
 ``pair_counts`` over all rows): it must give the same candidates, and its time over (Spark's time x cores) is
-the Spark stage's per-core speed relative to one process.
+the Spark stage's per-core speed relative to one process. The CPU seconds of both sides (Spark: its JVM
+and the Python workers it forks, and this driver) and the 1-minute load averages are printed next to
+them: on a shared machine the wall time also counts the waits for a core, the CPU time does not.
 
 Why synthetic images, and why built this way: SIFT costs about 55 ms per image here, too slow for 10^5
 images, and the real data set has only 1,928 images. The dedup stage only sees the bucket keys of the
@@ -215,6 +217,35 @@ class JvmMemory:
         return 0
 
 
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU seconds (user + system) of process ``pid`` and all its descendants, live or reaped.
+
+    For the JVM of a local session this is all of Spark: its threads and the Python workers it forks.
+    On a shared machine CPU time is steadier than wall time: it does not count time spent waiting for
+    a core that another program holds.
+    """
+    tick = os.sysconf("SC_CLK_TCK")
+    parent, times = {}, {}
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            stat = (d / "stat").read_text()
+        except OSError:
+            continue
+        f = stat[stat.rfind(")") + 2:].split()
+        parent[int(d.name)] = int(f[1])
+        times[int(d.name)] = sum(int(x) for x in f[11:15]) / tick   # utime, stime, cutime, cstime
+    total = 0.0
+    for p, t in times.items():
+        q = p
+        while q and q != pid:
+            q = parent.get(q, 0)
+        if q == pid:
+            total += t
+    return total
+
+
 def measure(spark, n: int, pool, counts, dd: DedupConfig, args, root: Path, mem: JvmMemory | None) -> dict:
     from pyspark.sql import functions as F
 
@@ -229,11 +260,15 @@ def measure(spark, n: int, pool, counts, dd: DedupConfig, args, root: Path, mem:
     if mem:
         mem.reset()
     stats: dict = {}
+    cpu0 = (tree_cpu_seconds(mem.pid) if mem else 0.0, time.process_time())
+    load = os.getloadavg()
     t0 = time.perf_counter()
     cand = candidate_pairs(df, dd, str(d / "work"), stats)
     cand.write.parquet(str(d / "work" / "out"))
     seconds = time.perf_counter() - t0
-    res = {"n": n, "seconds": seconds, "generate_seconds": gen_s, **stats}
+    res = {"n": n, "seconds": seconds, "generate_seconds": gen_s, **stats, "load": load + os.getloadavg()}
+    if mem:  # the JVM with its Python workers, and this driver process
+        res["cpu_seconds"] = tree_cpu_seconds(mem.pid) - cpu0[0] + time.process_time() - cpu0[1]
     if mem:
         res["old_gen_peak"], res["rss_peak"] = mem.old_gen_peak(), mem.rss_peak()
     got = spark.read.parquet(str(d / "work" / "out"))
@@ -255,17 +290,22 @@ def measure(spark, n: int, pool, counts, dd: DedupConfig, args, root: Path, mem:
               for r in chance.select("a", "b").limit(100_000).collect()]
     res["chance_reused"] = sum(c >= dd.min_shared for c in common)
     if n <= args.single_max:
-        res["single_seconds"], single = single_process(d / "images", dd)
+        c0 = time.process_time()
+        res["single_load"] = os.getloadavg()
+        res["single_seconds"], single, res["single_split"] = single_process(d / "images", dd)
+        res["single_cpu_seconds"] = time.process_time() - c0
+        res["single_load"] += os.getloadavg()
         res["single_same"] = single == {(r["a"], r["b"]): r["shared"] for r in got.collect()}
     shutil.rmtree(d, ignore_errors=True)
     return res
 
 
-def single_process(images: Path, dd: DedupConfig) -> tuple[float, dict]:
+def single_process(images: Path, dd: DedupConfig) -> tuple[float, dict, str]:
     """The same search in this process on one core: ``bucket_pairs`` then ``pair_counts`` over all rows.
 
     The baseline of the Spark stage's per-core speed (Spark's threads do the same numpy work per partition
-    plus the shuffles); returns (seconds, {(a, b): shared}) for the candidates.
+    plus the shuffles); returns (seconds, {(a, b): shared} for the candidates, "read / bucket_pairs /
+    pair_counts" seconds).
     """
     import pyarrow.parquet as pq
 
@@ -279,14 +319,17 @@ def single_process(images: Path, dd: DedupConfig) -> tuple[float, dict]:
     lens = np.diff(lists.offsets.to_numpy())
     img = np.repeat(np.arange(len(ids), dtype=np.int64), lens)
     kp = np.concatenate([np.arange(m, dtype=np.int64) // dd.tables for m in lens]) if len(lens) else img
+    t1 = time.perf_counter()
     *pair_rows, _ = bucket_pairs(key, img, kp, dd.bucket_cap)
+    t2 = time.perf_counter()
     ia, ib, shared, _ = pair_counts(*pair_rows)
+    t3 = time.perf_counter()
     keep = shared >= dd.min_shared
     out = {}
     for a, b, v in zip(ia[keep], ib[keep], shared[keep]):
         x, y = ids[a], ids[b]
         out[(x, y) if x < y else (y, x)] = int(v)
-    return time.perf_counter() - t0, out
+    return time.perf_counter() - t0, out, f"{t1 - t0:.1f} / {t2 - t1:.1f} / {t3 - t2:.1f}"
 
 
 def slope(ns: list[int], ys: list[float]) -> float:
@@ -365,26 +408,37 @@ def main() -> int:
         print(f"| {n} | {r['keypoint_rows']} | {r['buckets']} | {r['over_cap_buckets']} | {r['max_bucket_images']} "
               f"| {r['pair_rows']} | {r['pairs_sharing_a_bucket']} | {r['candidates']} | {r['chance']} "
               f"| {rate:.2e} | {recall} | {r['seconds']:.1f} | {r['seconds'] / n * 1000:.2f} |")
-    print("\n| N | s buckets | s candidates | s ids + write | shared of a found planted pair: min / median "
-          "| max shared of a chance candidate "
-          "| chance candidates from reused real descriptors | JVM old-gen peak MiB | JVM RSS peak MiB (so far) |")
-    print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    print("\n| N | s search job (buckets + pair counts) | task s: bucket_pairs / pair_counts | s stats + ids + write "
+          "| shared of a found planted pair: min / median | max shared of a chance candidate "
+          "| chance candidates from reused real descriptors | JVM old-gen peak MiB | JVM RSS peak MiB (so far) "
+          "| Spark CPU s | load average (1 min) before-after |")
+    print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for r in rows:
-        rest = r["seconds"] - r["seconds_buckets"] - r["seconds_candidates"]
+        rest = r["seconds"] - r["seconds_buckets"]
+        task = (f"{r['task_ms_bucket_pairs'] / 1000:.1f} / {r['task_ms_pair_counts'] / 1000:.1f}"
+                if "task_ms_bucket_pairs" in r else "n/a")
         old = f"{r['old_gen_peak'] / 2**20:.0f}" if "old_gen_peak" in r else "n/a"
         rss = f"{r['rss_peak'] / 2**20:.0f}" if r.get("rss_peak") else "n/a"
-        print(f"| {r['n']} | {r['seconds_buckets']:.1f} | {r['seconds_candidates']:.1f} | {rest:.1f} "
-              f"| {r['planted_shared']} | {r['max_shared_chance']} | {r['chance_reused']} | {old} | {rss} |")
+        print(f"| {r['n']} | {r['seconds_buckets']:.1f} | {task} | {rest:.1f} "
+              f"| {r['planted_shared']} | {r['max_shared_chance']} | {r['chance_reused']} | {old} | {rss} "
+              f"| {r['cpu_seconds']:.1f} | {r['load'][0]:.1f}-{r['load'][3]:.1f} |"
+              if "cpu_seconds" in r else
+              f"| {r['planted_shared']} | {r['max_shared_chance']} | {r['chance_reused']} | {old} | {rss} "
+              f"| n/a | {r['load'][0]:.1f}-{r['load'][3]:.1f} |")
     if mem:
         print(f"\nJVM max heap: {mem.max_heap / 2**20:.0f} MiB")
     single = [r for r in rows if "single_seconds" in r]
     if single:
         print(f"\n| N | Spark local[{args.cores}] s | one process, one core s | same candidates "
-              f"| Spark per-core speed vs one process |")
-        print("| ---: | ---: | ---: | :---: | ---: |")
+              f"| one process s: read / bucket_pairs / pair_counts | Spark per-core speed vs one process "
+              f"| Spark CPU s | one process CPU s | CPU-time ratio | load average (1 min) Spark / one process |")
+        print("| ---: | ---: | ---: | :---: | ---: | ---: | ---: | ---: | ---: | ---: |")
         for r in single:
+            cpu = (f"{r['cpu_seconds']:.1f} | {r['single_cpu_seconds']:.1f} "
+                   f"| {r['single_cpu_seconds'] / r['cpu_seconds']:.2f}x" if "cpu_seconds" in r else "n/a | n/a | n/a")
             print(f"| {r['n']} | {r['seconds']:.1f} | {r['single_seconds']:.1f} | {r['single_same']} "
-                  f"| {r['single_seconds'] / (r['seconds'] * args.cores):.2f}x |")
+                  f"| {r['single_split']} | {r['single_seconds'] / (r['seconds'] * args.cores):.2f}x | {cpu} "
+                  f"| {r['load'][0]:.1f}-{r['load'][3]:.1f} / {r['single_load'][0]:.1f}-{r['single_load'][3]:.1f} |")
     ns = [r["n"] for r in rows]
     g = {name: slope(ns, [r[key] for r in rows]) for name, key in
          (("candidates", "candidates"), ("chance candidates", "chance"), ("pair rows", "pair_rows"),

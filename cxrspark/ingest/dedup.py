@@ -1,17 +1,19 @@
 """Duplicate detection across all sources: exact copies by pixels, near copies by keypoints, no all-pairs join.
 
-* **exact**: equal SHA-256 of the DECODED pixels (a PNG and its lossless re-encode match). Each set of
-  identical images takes part in the near search once, through its smallest record_id.
+* **exact** (``dedup.exact``, off only for the leaky audit protocol): equal SHA-256 of the DECODED pixels
+  (a PNG and its lossless re-encode match). Each set of identical images takes part in the near search
+  once, through its smallest record_id. Without it, identical images are left to the near search (if on).
 * **near** (re-cropped, re-windowed, re-encoded, resized copies):
 
   1. *buckets*: every image's keypoints carry one SimHash key per table (cxrspark.images.keypoints).
-     ``explode`` gives (key, image, keypoint) rows, hash-partitioned by key so that each bucket lies
-     whole in one partition; there, cxrspark.ingest.buckets sorts them (numpy, in a ``mapInPandas``),
-     skips buckets of one image and buckets over ``bucket_cap`` images (generic anatomy), and emits
-     every pair of a kept bucket's images (at most cap^2/2 pair rows per bucket: no join);
-  2. *candidates*: the pair rows hash-partitioned by pair; per pair the shared keypoints (the fewer of
-     the distinct keypoints of either image in its rows, numpy again); pairs with at least
-     ``min_shared`` are candidates;
+     A ``mapInArrow`` turns each batch of images into (key, image, keypoint) rows, bound by key to a
+     partition so that each bucket lies whole in one partition, and ships them as one binary blob per
+     (batch, partition); there, cxrspark.ingest.buckets sorts them (numpy), skips buckets of one image
+     and buckets over ``bucket_cap`` images (generic anatomy), and emits every pair of a kept bucket's
+     images (at most cap^2/2 pair rows per bucket: no join);
+  2. *candidates*: the pair rows bound by pair to a partition (blobs again); per pair the shared
+     keypoints (the fewer of the distinct keypoints of either image in its rows, numpy again); pairs
+     with at least ``min_shared`` are candidates. Steps 1 and 2 are one Spark job;
   3. *verification* (a pandas UDF over cxrspark.images.copymatch): a RANSAC similarity fit of the
      matched keypoints, then the high-pass detail correlation of the aligned images;
   4. *groups* without chaining (cxrspark.ingest.groups.strict_groups): in each connected component of
@@ -28,6 +30,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
+import numpy as np
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
@@ -36,9 +39,9 @@ from cxrspark.images.copymatch import VerifyParams
 from cxrspark.images.hashing import hamming
 from cxrspark.images.keypoints import KeypointParams, lsh_digest
 from cxrspark.ingest.groups import connected_components, strict_groups
-from cxrspark.ingest.buckets import STAT_NAMES
-from cxrspark.spark.udfs import (BUCKET_PAIRS_DDL, PAIR_COUNTS_DDL, VERDICT_DDL, bucket_pairs_partition,
-                                 make_verify_udf, pair_counts_partition)
+from cxrspark.ingest.buckets import (KEY_BLOBS_DDL, PAIR_BLOBS_DDL, PAIR_COUNTS_DDL, SEARCH_STATS, key_blobs,
+                                     pair_blobs, pair_count_rows, partition_values, sum_stats)
+from cxrspark.spark.udfs import VERDICT_DDL, make_verify_udf
 
 #: the method's version: part of the dataset hash together with the projection digest and the settings
 DEDUP_VERSION = "keypoints-rootsift-simhash-ransac-detail/1"
@@ -46,10 +49,12 @@ KEEP_RULE = ("keep the member with the most original pixels (orig_height*orig_wi
              "the order of the sources in the config, then by record_id; every other member is a verified "
              "copy of the kept one")
 KP_COLUMNS = ("kp_image", "kp_height", "kp_width", "kp_xy", "kp_desc")
-#: keypoint rows per partition of the bucket step (an upper bound: images x keypoints x tables)
-ROWS_PER_PARTITION = 1_000_000
-#: Arrow batch size of the bucket step's (key, image, keypoint) rows
-BUCKET_ROWS_PER_BATCH = 100_000
+#: keypoint rows per partition of the bucket step (an upper bound: images x keypoints x tables); the
+#: pair rows are spread over as many partitions. Each task costs about 0.1 s of its own (Python worker
+#: round trips), so partitions are large; 4 x 10^6 rows take a few hundred MB in a Python worker
+ROWS_PER_PARTITION = 4_000_000
+#: Arrow batch size (rows) of the search: image rows of (iid, kp_keys) going in, then blobs
+IMAGES_PER_BATCH = 512
 VERDICT_COLUMNS = tuple(c.split()[0] for c in VERDICT_DDL.split(", "))
 
 
@@ -84,42 +89,40 @@ def exact_edges(df: DataFrame) -> DataFrame:
 def candidate_pairs(df: DataFrame, dd: DedupConfig, work: str, stats: dict) -> DataFrame:
     """Candidate pairs (a < b by record_id) with ``shared`` keypoints; ``df`` has record_id and kp_keys.
 
-    Writes the pair rows and the pairs under ``work`` (both are read twice) and fills ``stats``.
+    One Spark job, two shuffles, all of it numpy on Arrow batches (cxrspark.ingest.buckets):
+    image rows -> blobs of (key, image, keypoint) rows by bucket key -> shuffle -> ``bucket_pairs`` per
+    partition -> blobs of pair rows by pair -> shuffle -> ``pair_counts`` per partition -> the candidates
+    and the statistics, written under ``work`` (read twice). Fills ``stats``.
     """
     t0 = time.time()
     ids = df.select("record_id", F.xxhash64("record_id").alias("iid"), "kp_keys")
     n_img, n_iid = ids.agg(F.count("*"), F.countDistinct("iid")).first()
     if n_img != n_iid:  # 64-bit hash ids: a collision (about 1 in 3e7 at 10^6 images) must not merge two images
         raise RuntimeError(f"dedup: 64-bit image ids collide ({n_img} images, {n_iid} ids)")
-    rows = ids.select("iid", F.posexplode("kp_keys").alias("pos", "key")).select(
-        "key", "iid", (F.col("pos") / dd.tables).cast("long").alias("kp"))
-    # every row of a bucket in one partition, each partition's buckets sorted and paired in numpy
     spark = df.sparkSession
     cores = spark.sparkContext.defaultParallelism
     parts = max(cores, -(-n_img * dd.keypoints * dd.tables // ROWS_PER_PARTITION))
-    # these rows are 32 bytes, not images: Arrow batches of 64 rows (the session's setting) would cost
-    # more in per-batch overhead than the numpy work
+    values = partition_values(parts)
+    # image rows in, blobs out: the session's 64-row Arrow batches (meant for image pixels) would cut
+    # the blobs small (a blob per batch and destination); after the first step the rows are a few large
+    # blobs, so one batch size serves all three steps
     batch = spark.conf.get("spark.sql.execution.arrow.maxRecordsPerBatch")
-    spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(BUCKET_ROWS_PER_BATCH))
+    spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(IMAGES_PER_BATCH))
     try:
-        (rows.repartition(parts, "key").mapInPandas(bucket_pairs_partition(dd.bucket_cap), BUCKET_PAIRS_DDL)
-         .write.parquet(f"{work}/pair_rows"))
-        pair_rows = spark.read.parquet(f"{work}/pair_rows")
-        agg = [(F.max if n == "max_bucket_images" else F.sum)(F.when(F.col("ka") == -1 - i, F.col("ia"))).alias(n)
-               for i, n in enumerate(STAT_NAMES)]
-        stats.update({k: int(v or 0) for k, v in pair_rows.where("ka < 0").agg(*agg).first().asDict().items()})
-        stats["seconds_buckets"] = round(time.time() - t0, 2)
-
-        t0 = time.time()
-        # every row of a pair in one partition; its shared keypoints counted there (numpy)
-        pair_parts = max(cores, -(-stats["pair_rows"] // ROWS_PER_PARTITION))
-        (pair_rows.where("ka >= 0").repartition(pair_parts, "ia", "ib")
-         .mapInPandas(pair_counts_partition(dd.min_shared), PAIR_COUNTS_DDL).write.parquet(f"{work}/pairs"))
+        (ids.select("iid", "kp_keys").mapInArrow(key_blobs(values, dd.tables), KEY_BLOBS_DDL)
+         .repartition(parts, "p")          # every row of a bucket in one partition
+         .mapInArrow(pair_blobs(dd.bucket_cap, values, values), PAIR_BLOBS_DDL)
+         .repartition(parts, "p")          # every row of a pair in one partition
+         .mapInArrow(pair_count_rows(dd.min_shared), PAIR_COUNTS_DDL)
+         .write.parquet(f"{work}/pairs"))
     finally:
         spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", batch)
+    stats["seconds_buckets"] = round(time.time() - t0, 2)  # the buckets and the pair counts: one job
+    t0 = time.time()
     pairs = spark.read.parquet(f"{work}/pairs")
-    st = pairs.where("shared < 0").agg(F.sum("ia").alias("pairs_sharing_a_bucket")).first()
-    stats["pairs_sharing_a_bucket"] = int(st["pairs_sharing_a_bucket"] or 0)
+    st = pairs.where("shared < 0").select((-1 - F.col("shared")).alias("i"), F.col("ia").alias("v")).collect()
+    totals = sum_stats(np.array([r["i"] for r in st], np.int64), np.array([r["v"] for r in st], np.int64))
+    stats.update({n: int(v) for n, v in zip(SEARCH_STATS, totals.tolist())})
     # back to record ids, a < b
     cand = pairs.where("shared >= 0").select("ia", "ib", "shared")
     name = ids.select("iid", "record_id")
@@ -164,7 +167,8 @@ def find_duplicates(spark: SparkSession, ok: DataFrame, dd: DedupConfig, source_
     """Exact and near duplicates of the decoded rows ``ok``; groups, report, conflicts and patient links."""
     stats: dict = {"method": method_identity(dd)}
     t0 = time.time()
-    exact = [(r["a"], r["b"]) for r in exact_edges(ok).collect()]
+    # exact: false (the leaky audit protocol) skips this step: identical images are left to the near search
+    exact = [(r["a"], r["b"]) for r in exact_edges(ok).collect()] if dd.exact else []
     stats["exact_pairs"] = len(exact)
     stats["seconds_exact"] = round(time.time() - t0, 2)
     verdicts: dict[tuple[str, str], dict] = {}
