@@ -415,8 +415,8 @@ def main() -> int:
     print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for r in rows:
         rest = r["seconds"] - r["seconds_buckets"]
-        task = (f"{r['task_ms_bucket_pairs'] / 1000:.1f} / {r['task_ms_pair_counts'] / 1000:.1f}"
-                if "task_ms_bucket_pairs" in r else "n/a")
+        task = (f"{r['seconds_tasks_bucket_pairs']:.1f} / {r['seconds_tasks_pair_counts']:.1f}"
+                if "seconds_tasks_bucket_pairs" in r else "n/a")
         old = f"{r['old_gen_peak'] / 2**20:.0f}" if "old_gen_peak" in r else "n/a"
         rss = f"{r['rss_peak'] / 2**20:.0f}" if r.get("rss_peak") else "n/a"
         print(f"| {r['n']} | {r['seconds_buckets']:.1f} | {task} | {rest:.1f} "

@@ -123,6 +123,8 @@ def candidate_pairs(df: DataFrame, dd: DedupConfig, work: str, stats: dict) -> D
     st = pairs.where("shared < 0").select((-1 - F.col("shared")).alias("i"), F.col("ia").alias("v")).collect()
     totals = sum_stats(np.array([r["i"] for r in st], np.int64), np.array([r["v"] for r in st], np.int64))
     stats.update({n: int(v) for n, v in zip(SEARCH_STATS, totals.tolist())})
+    for name in ("bucket_pairs", "pair_counts"):  # summed task times: run-specific, kept with the seconds
+        stats[f"seconds_tasks_{name}"] = round(stats.pop(f"task_ms_{name}") / 1000, 2)
     # back to record ids, a < b
     cand = pairs.where("shared >= 0").select("ia", "ib", "shared")
     name = ids.select("iid", "record_id")
