@@ -540,6 +540,14 @@ class SweepConfig(_Section):
     #: run only these variants / models (empty: all); the table still shows every finished cell
     only_variants: list[str] = Field(default_factory=list)
     only_models: list[str] = Field(default_factory=list)
+    #: the recipe a winner must beat on mean LOSO accuracy by more than the CI half-width of the difference
+    baseline_model: str = "seed_cnn"
+    baseline_variant: str = "plain"
+    #: a collapsed model cannot win: on a test set it gives one class to at least ``collapse_share`` of the
+    #: images AND its macro F1 (classes present) is within ``chance_margin`` of the best one-class
+    #: predictor's; on the internal test, a class it never predicts refuses it too
+    collapse_share: float = Field(0.95, gt=0, le=1)
+    chance_margin: float = Field(0.05, ge=0, le=1)
 
     @model_validator(mode="after")
     def _known_datasets(self) -> SweepConfig:

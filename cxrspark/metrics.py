@@ -138,3 +138,30 @@ def per_source_table(y_true: np.ndarray, probs: np.ndarray, sources: np.ndarray,
         parts.append(t.assign(source=s))
     cols = ["source", "class", *METRICS, "support", *COUNTS]
     return pd.concat(parts, ignore_index=True)[cols] if parts else pd.DataFrame(columns=cols)
+
+
+def predicted_shares(cm: np.ndarray) -> np.ndarray:
+    """The share of the images given each class (the columns of the confusion matrix)."""
+    cm = np.asarray(cm)
+    total = cm.sum()
+    return cm.sum(axis=0) / total if total else np.zeros(cm.shape[1])
+
+
+def present_macro_f1(cm: np.ndarray) -> float:
+    """Macro F1 over the classes that have images in the test set (a class absent from it, e.g. COVID-19
+    in a left-out source without any, is not averaged in as a zero)."""
+    cm = np.asarray(cm)
+    present = cm.sum(axis=1) > 0
+    return float(class_metrics(cm)["f1"][present].mean()) if present.any() else float("nan")
+
+
+def constant_macro_f1(cm: np.ndarray) -> float:
+    """The best :func:`present_macro_f1` of a model that gives every image one and the same class: the
+    floor a collapsed model sits on. Predicting class k for all images has F1 2p/(1+p) on k (p: k's share
+    of the images) and 0 on every other present class."""
+    support = np.asarray(cm).sum(axis=1).astype(float)
+    present = support > 0
+    if not present.any():
+        return float("nan")
+    p = support[present] / support.sum()
+    return float((2 * p / (1 + p)).max() / present.sum())

@@ -14,8 +14,9 @@ import pytest
 import yaml
 
 from cxrspark.config import ConfigError, load_config
-from cxrspark.evaluate.loso import non_covid_specificity
-from cxrspark.evaluate.sweep import loso_part, mean_with_halfwidth, slug, sweep_markdown
+from cxrspark.evaluate.loso import non_covid_specificity, prediction_spread
+from cxrspark.evaluate.sweep import loso_part, mean_with_halfwidth, refusals, slug, sweep_markdown
+from cxrspark.metrics import constant_macro_f1, present_macro_f1
 
 REPO = Path(__file__).resolve().parents[1]
 CLASSES = ["COVID-19", "Normal", "Pneumonia"]
@@ -33,6 +34,38 @@ def test_non_covid_specificity_counts_ordinary_films_called_covid():
     spec, n = non_covid_specificity(cm, CLASSES)
     assert n == 20 and spec == pytest.approx(1 - 5 / 20)
     assert math.isnan(non_covid_specificity(cm, ["Normal", "Pneumonia", "Other"])[0])
+
+
+def test_one_class_predictor_floor_and_macro_f1_over_present_classes():
+    # a left-out source without COVID-19: 30 Normal, 10 Pneumonia, all called Normal
+    cm = np.array([[0, 0, 0], [0, 30, 0], [0, 10, 0]])
+    assert present_macro_f1(cm) == pytest.approx((2 * 0.75 / 1.75) / 2)  # COVID-19 (absent) is not averaged
+    assert constant_macro_f1(cm) == pytest.approx(present_macro_f1(cm))  # it IS the one-class predictor
+    perfect = np.diag([10, 20, 30])
+    assert present_macro_f1(perfect) == 1.0 and constant_macro_f1(perfect) == pytest.approx((2 * 0.5 / 1.5) / 3)
+    spread = prediction_spread(np.array([[5, 1, 0], [3, 6, 1], [2, 0, 8]]), CLASSES)
+    assert spread["predicted_COVID-19"] == pytest.approx(10 / 26) and spread["predicted_Pneumonia"] == pytest.approx(9 / 26)
+
+
+def _spread_row(test_cm, folds: dict) -> dict:
+    row = {f"test_{k}": v for k, v in prediction_spread(np.array(test_cm), CLASSES).items()}
+    for s, cm in folds.items():
+        row.update({f"loso_{s}_{k}": v for k, v in prediction_spread(np.array(cm), CLASSES).items()})
+    return row
+
+
+def test_refusals_name_collapsed_models_but_not_skewed_sources_they_get_right():
+    good_test = [[8, 1, 1], [1, 8, 1], [1, 1, 8]]
+    # a left-out source that IS mostly COVID-19 and is mostly called so, with the few others right: skill
+    skewed_but_right = [[95, 0, 0], [1, 2, 0], [0, 0, 2]]
+    assert refusals(_spread_row(good_test, {"a": skewed_but_right}), CLASSES, ["a"], 0.95, 0.05) == []
+    # every image of the left-out source called Normal: collapsed, whatever its accuracy
+    one_class = [[0, 40, 0], [0, 30, 0], [0, 30, 0]]
+    why = refusals(_spread_row(good_test, {"a": one_class}), CLASSES, ["a"], 0.95, 0.05)
+    assert len(why) == 1 and why[0].startswith("LOSO a: 100% Normal")
+    never_covid = [[0, 5, 5], [0, 9, 1], [0, 1, 9]]
+    assert refusals(_spread_row(never_covid, {}), CLASSES, [], 0.95, 0.05) == ["internal test: never predicts COVID-19"]
+    assert refusals({}, CLASSES, ["a"], 0.95, 0.05) == ["internal test: no prediction spread recorded"]
 
 
 def test_loso_part_takes_each_left_out_source_and_marks_failed_folds_missing():
@@ -56,8 +89,10 @@ def test_sweep_config_checks_variants_against_datasets():
     assert slug("+adversarial") == "adversarial" and slug("lung_crop+std") == "lung_crop_std"
 
 
-def _row(model, variant, loso: bool, acc: float, compare_with=None) -> dict:
-    row = {"model": model, "variant": variant, "compare_with": compare_with, "image_size": 80, "test_accuracy": acc, "test_accuracy_low": acc - 0.1,
+def _row(model, variant, loso: bool, acc: float, compare_with=None, collapsed=False) -> dict:
+    test_cm = [[0, 30, 0], [0, 30, 0], [0, 30, 0]] if collapsed else [[10, 10, 10], [10, 10, 10], [10, 10, 10]]
+    row = {**_spread_row(test_cm, {"a": [[0, 0, 0], [0, 10, 10], [0, 10, 10]]}), "model": model, "variant": variant,
+           "model": model, "variant": variant, "compare_with": compare_with, "image_size": 80, "test_accuracy": acc, "test_accuracy_low": acc - 0.1,
            "test_accuracy_high": acc + 0.1, "test_macro_f1": acc, "test_macro_f1_low": acc - 0.1,
            "test_macro_f1_high": acc + 0.1, "covid_sensitivity": 0.8, "covid_sensitivity_low": 0.7,
            "covid_sensitivity_high": 0.9, "covid_ppv": 0.7, "covid_ppv_low": 0.6, "covid_ppv_high": 0.8,
@@ -71,11 +106,25 @@ def _row(model, variant, loso: bool, acc: float, compare_with=None) -> dict:
 def test_sweep_markdown_names_the_best_loso_recipe_and_sets_leaky_rows_beside_the_patient_split():
     table = pd.DataFrame([_row("m", "plain", True, 0.4), _row("m", "better", True, 0.6),
                           _row("m", "leaky protocol", False, 0.95, compare_with="plain")])
-    text = sweep_markdown(table, ["a"], CLASSES)
-    assert "Best mean LOSO accuracy: m / better 0.600" in text
-    leaky_line = next(line for line in text.splitlines() if "leaky protocol" in line)
+    sc = load_config([], ["sweep.loso_sources=[a]", "sweep.baseline_model=m"]).sweep
+    text = sweep_markdown(table, sc, CLASSES)
+    assert "Best mean LOSO accuracy (collapsed models refused): m / better 0.600" in text
+    # 0.6 - 0.4 = 0.2 against a half-width of hypot(0.1, 0.1) = 0.141
+    assert "it beats the baseline by +0.200 (more than the half-width 0.141)" in text
+    assert "| m | better | 0.33 / 0.33 / 0.33 | 0.00 / 0.50 / 0.50 |" in text
+    leaky_line = next(line for line in text.splitlines() if "leaky protocol" in line and "+0.550" in line)
     assert "0.950 [0.850, 1.050]" in leaky_line and "| plain | 0.400 [0.300, 0.500]" in leaky_line
     assert leaky_line.endswith("| +0.550 |")
+
+
+def test_a_collapsed_recipe_cannot_win_and_a_small_gain_is_not_a_win():
+    sc = load_config([], ["sweep.loso_sources=[a]", "sweep.baseline_model=m"]).sweep
+    table = pd.DataFrame([_row("m", "plain", True, 0.4), _row("m", "one class", True, 0.9, collapsed=True),
+                          _row("m", "slightly", True, 0.45)])
+    text = sweep_markdown(table, sc, CLASSES)
+    assert "m / slightly 0.450" in text and "+0.050 against the baseline is within the half-width 0.141" in text
+    assert "- m / one class: internal test: 100% Normal" in text
+    assert next(line for line in text.splitlines() if line.startswith("| m | one class | 0.900")).endswith("| no |")
 
 
 def test_sweep_job_end_to_end_with_a_leaky_row_and_reuse(tmp_path):
@@ -114,6 +163,9 @@ def test_sweep_job_end_to_end_with_a_leaky_row_and_reuse(tmp_path):
     assert pd.isna(leaky.get("loso_mean_accuracy")) and 0 <= leaky["test_accuracy"] <= 1
     text = (tmp_path / "sweep" / "SWEEP.md").read_text()
     assert f"{leaky['test_accuracy'] - plain['test_accuracy']:+.3f} |" in text
+    for pre in ("test_", "loso_kermany_"):  # how the predictions spread: what tells a collapsed model
+        assert sum(plain[f"{pre}predicted_{c}"] for c in CLASSES) == pytest.approx(1.0)
+    assert plain["loso_kermany_constant_macro_f1"] > 0 and "Share of the images given each class" in text
     summary = json.loads((tmp_path / "sweep" / "datasets" / "leaky" / "summary.json").read_text())
     assert summary["config"]["ingest"]["split"]["unit"] == "image"
 
@@ -141,3 +193,16 @@ def test_sweep_job_end_to_end_with_a_leaky_row_and_reuse(tmp_path):
     assert again.stdout.count("reusing the finished cell") == 2 and again.stdout.count("[dataset") == 2
     runs = client.search_runs([exp.experiment_id])
     assert sum(r.info.run_name == "seed_cnn plain: all sources" for r in runs) == 1
+
+    # a row written by an older version of the sweep: evaluated again, its training reused
+    done = tmp_path / "sweep" / "cells" / "seed_cnn" / "plain" / "row.json"
+    old = json.loads(done.read_text())
+    done.write_text(json.dumps({"key": old["key"], "row": {k: v for k, v in old["row"].items() if "predicted" not in k}}))
+    third = subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=REPO)
+    assert third.returncode == 0, third.stdout[-4000:] + third.stderr[-4000:]
+    assert third.stdout.count("evaluating the finished training again") == 1
+    runs = client.search_runs([exp.experiment_id])
+    assert sum(r.info.run_name == "seed_cnn plain: all sources" for r in runs) == 1
+    assert sum(r.info.run_name == "seed_cnn plain: internal test" for r in runs) == 2
+    again_row = json.loads(done.read_text())
+    assert again_row["row"]["train_run_id"] == old["row"]["train_run_id"] and "test_predicted_Normal" in again_row["row"]

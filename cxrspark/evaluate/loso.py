@@ -35,6 +35,7 @@ import pandas as pd
 import yaml
 
 from cxrspark.config import Config, config_from_dict, to_dict
+from cxrspark.metrics import constant_macro_f1, predicted_shares, present_macro_f1
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -108,6 +109,14 @@ def non_covid_specificity(confusion: np.ndarray, classes: list[str]) -> tuple[fl
     return (1.0 - called / others if others else float("nan")), others
 
 
+def prediction_spread(confusion: np.ndarray, classes: list[str]) -> dict[str, float]:
+    """How a model's predictions spread over the classes, and its macro F1 over the classes present next
+    to that of the best one-class predictor: what tells a collapsed model from a weak one."""
+    shares = predicted_shares(confusion)
+    return {**{f"predicted_{c}": float(shares[i]) for i, c in enumerate(classes)},
+            "macro_f1_present": present_macro_f1(confusion), "constant_macro_f1": constant_macro_f1(confusion)}
+
+
 def fold_row(source: str, ev: dict[str, Any], classes: list[str], missing: list[str],
              seen_test_accuracy: float | None) -> dict[str, Any]:
     """One table row from an evaluation result of :func:`run_evaluation`."""
@@ -120,6 +129,7 @@ def fold_row(source: str, ev: dict[str, Any], classes: list[str], missing: list[
            "seen_sources_test_accuracy": seen_test_accuracy if seen_test_accuracy is not None else np.nan,
            "classes_missing_in_training": ",".join(missing)}
     row["specificity_non_covid"], row["n_non_covid"] = non_covid_specificity(ev["confusion"], classes)
+    row.update(prediction_spread(ev["confusion"], classes))
     for c in classes:
         support = int(table.loc[c, "support"])
         row[f"recall_{c}"] = float(table.loc[c, "recall"]) if support else np.nan

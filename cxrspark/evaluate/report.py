@@ -269,11 +269,12 @@ def loso_markdown(table: pd.DataFrame, classes: list[str], skipped: dict[str, st
              "have images in another source. Intervals: 95% patient bootstrap. `seen_sources_test_accuracy`:",
              "the same model on the test split of the sources it trained on. A large gap means the model does not",
              "carry over to a new collection; `classes_missing_in_training` are classes of the left-out source",
-             "that no other source has (the model cannot predict them).", ""]
+             "that no other source has (the model cannot predict them). `predicted_<class>`: the share of the",
+             "left-out images given that class (one near 1.0: the model calls every film of the new source the same).", ""]
     if len(table):
         cols = ["left_out", "status", "images", "patients", "excluded_shared_patients", "accuracy", "accuracy_low", "accuracy_high", "macro_f1",
                 "macro_auc", "ece", "seen_sources_test_accuracy",
-                *[f"recall_{c}" for c in classes], "classes_missing_in_training"]
+                *[f"recall_{c}" for c in classes], *[f"predicted_{c}" for c in classes], "classes_missing_in_training"]
         lines += [markdown_table(table[[c for c in cols if c in table.columns]]), ""]
     if skipped:
         lines += ["Not left out: " + "; ".join(f"{s} ({why})" for s, why in skipped.items()), ""]

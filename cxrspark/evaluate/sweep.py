@@ -13,7 +13,12 @@
 3. One row per cell: internal test accuracy and macro F1, COVID-19 sensitivity and PPV (all with CIs),
    the source probe's skill within each class, Grad-CAM mass in the lungs, and per left-out source the
    accuracy (CI) and the specificity of its non-COVID images (the share not called COVID-19), plus the
-   mean LOSO accuracy with a CI half-width (per-fold bootstrap half-widths combined as independent).
+   mean LOSO accuracy with a CI half-width (per-fold bootstrap half-widths combined as independent), and
+   how the predictions spread over the classes on each test set.
+4. The winner is the best mean LOSO accuracy among cells that did not collapse (:func:`refusals`: one
+   class for nearly every image at one-class-predictor skill, or a class never predicted on the internal
+   test), set against the baseline recipe (``sweep.baseline_model`` / ``baseline_variant``): a win needs a
+   difference larger than the half-width of its CI.
 
 Everything is logged under one parent MLflow run (experiment ``sweep.experiment``): the table as
 ``sweep/table.json`` and ``sweep/SWEEP.md``, every training, evaluation and LOSO run as its
@@ -38,10 +43,14 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from cxrspark.config import Config, SweepVariant, load_config, to_dict
+from cxrspark.config import Config, SweepConfig, SweepVariant, load_config, to_dict
+from cxrspark.evaluate.loso import prediction_spread
 
 REPO = Path(__file__).resolve().parents[2]
 COVID = "COVID-19"
+#: the fields a cell's row holds; a finished cell of an older version is evaluated again (its trainings,
+#: which the version does not change, are reused)
+ROW_VERSION = 2
 
 
 class SweepError(ValueError):
@@ -74,6 +83,7 @@ def _ci(ci: pd.DataFrame, row: str, metric: str) -> tuple[float, float, float]:
 def internal_row(ev: dict[str, Any], classes: list[str]) -> dict[str, Any]:
     """The internal-test part of a cell's row, from :func:`run_evaluation`'s result."""
     row: dict[str, Any] = {"test_images": ev["n"], "test_patients": ev["patients"]}
+    row.update({f"test_{k}": v for k, v in prediction_spread(ev["confusion"], classes).items()})
     for name, (cls, metric) in {"test_accuracy": ("accuracy", "accuracy"), "test_macro_f1": ("macro avg", "f1"),
                                 "covid_sensitivity": (COVID, "recall"), "covid_ppv": (COVID, "precision")}.items():
         row[name], row[f"{name}_low"], row[f"{name}_high"] = _ci(ev["ci"], cls, metric)
@@ -99,7 +109,9 @@ def loso_part(table: pd.DataFrame, sources: list[str]) -> dict[str, Any]:
         hit = table[(table["left_out"] == s)] if len(table) else table
         ok = len(hit) and hit.iloc[0].get("status") == "ok"
         r = hit.iloc[0] if ok else {}
-        for k in ("accuracy", "accuracy_low", "accuracy_high", "specificity_non_covid"):
+        spread = [k for k in (hit.columns if len(hit) else []) if k.startswith("predicted_")]
+        for k in ("accuracy", "accuracy_low", "accuracy_high", "specificity_non_covid", "macro_f1_present",
+                  "constant_macro_f1", *spread):
             row[f"loso_{s}_{k}"] = float(r.get(k, np.nan)) if ok else np.nan
         row[f"loso_{s}_images"] = int(r.get("images", 0)) if ok else 0
         vals.append(row[f"loso_{s}_accuracy"])
@@ -107,6 +119,34 @@ def loso_part(table: pd.DataFrame, sources: list[str]) -> dict[str, Any]:
         highs.append(row[f"loso_{s}_accuracy_high"])
     row["loso_mean_accuracy"], row["loso_mean_halfwidth"] = mean_with_halfwidth(vals, lows, highs)
     return row
+
+
+def refusals(row: dict[str, Any], classes: list[str], sources: list[str], share: float, margin: float) -> list[str]:
+    """Why a cell cannot be picked as the winning recipe (empty: it can): on the internal test or a
+    left-out source the model collapsed (one class for ``share`` of the images, macro F1 within ``margin``
+    of the best one-class predictor's), or on the internal test it never predicts a class. A collapsed
+    model's LOSO accuracy is the share of its one class in the left-out source, not skill."""
+    out = []
+    scopes = [("internal test", "test_")] + [(f"LOSO {s}", f"loso_{s}_") for s in sources]
+    for name, pre in scopes:
+        shares = [row.get(f"{pre}predicted_{c}", np.nan) for c in classes]
+        f1, floor = row.get(f"{pre}macro_f1_present", np.nan), row.get(f"{pre}constant_macro_f1", np.nan)
+        if any(_missing(x) for x in (*shares, f1, floor)):
+            if pre == "test_":
+                out.append("internal test: no prediction spread recorded")
+            continue
+        top = int(np.argmax(shares))
+        if shares[top] >= share and f1 <= floor + margin:
+            out.append(f"{name}: {shares[top]:.0%} {classes[top]}, macro F1 {f1:.3f} vs one-class {floor:.3f}")
+        if pre == "test_":
+            never = [c for c, x in zip(classes, shares) if x == 0]
+            if never:
+                out.append(f"internal test: never predicts {', '.join(never)}")
+    return out
+
+
+def _missing(v: Any) -> bool:
+    return v is None or (isinstance(v, float) and math.isnan(v))
 
 
 def _run(cmd: list[str], log: Callable[[str], None]) -> int:
@@ -165,24 +205,30 @@ def run_cell(cfg: Config, config_file: Path, model: str, variant: SweepVariant, 
         train.pop(where)
     key = _digest([train, info.dataset_hash, variant.loso, sc.loso_sources if variant.loso else []])
     done = cell / "row.json"
-    if done.is_file():
-        old = json.loads(done.read_text())
-        if old.get("key") == key:
-            log(f"[{model} / {variant.name}] reusing the finished cell (same settings and data)")
-            return old["row"]
+    old = json.loads(done.read_text()) if done.is_file() else {}
+    trained = old.get("row") if old.get("key") == key else None
+    if trained and old.get("version") == ROW_VERSION:
+        log(f"[{model} / {variant.name}] reusing the finished cell (same settings and data)")
+        return trained
     started = time.time()
     row: dict[str, Any] = {"model": model, "variant": variant.name, "dataset": dataset.name, "image_size": size,
                            "compare_with": variant.compare_with}
-    internal = cell / "internal"
-    code = _run(train_command(config_file, 1, [*sets, f"train.output={internal}",
-                                               f"train.mlflow.run_name={json.dumps(f'{model} {variant.name}: all sources')}"]), log)
-    state = read_state(internal / "checkpoints")
-    run_id = state.get("mlflow_run_id") if state else None
-    model_uri = logged_model(run_id) if code == 0 and run_id else None
-    if model_uri is None:
-        raise SweepError(f"training of {model} / {variant.name} failed (exit {code})")
-    row["train_run_id"] = run_id
-    row["epochs_run"] = len(state.get("history", []))
+    model_uri = logged_model(trained["train_run_id"]) if trained else None
+    if model_uri is not None:  # an older row of the same training: evaluate it again, do not retrain
+        log(f"[{model} / {variant.name}] evaluating the finished training again (row version {ROW_VERSION})")
+        row.update(train_run_id=trained["train_run_id"], epochs_run=trained["epochs_run"])
+        started -= 60 * trained.get("minutes", 0)
+    else:
+        internal = cell / "internal"
+        code = _run(train_command(config_file, 1, [*sets, f"train.output={internal}",
+                                                   f"train.mlflow.run_name={json.dumps(f'{model} {variant.name}: all sources')}"]), log)
+        state = read_state(internal / "checkpoints")
+        run_id = state.get("mlflow_run_id") if state else None
+        model_uri = logged_model(run_id) if code == 0 and run_id else None
+        if model_uri is None:
+            raise SweepError(f"training of {model} / {variant.name} failed (exit {code})")
+        row["train_run_id"] = run_id
+        row["epochs_run"] = len(state.get("history", []))
     ev_cfg = load_config([config_file], [*sets, f"evaluate.model={model_uri}", f"evaluate.dataset={dataset}",
                                          "evaluate.split=test", f"evaluate.experiment={sc.experiment}"])
     ev = run_evaluation(ev_cfg, parent_run_id=parent_id, run_name=f"{model} {variant.name}: internal test")
@@ -196,7 +242,7 @@ def run_cell(cfg: Config, config_file: Path, model: str, variant: SweepVariant, 
         row.update(loso_part(lo["table"], sc.loso_sources))
         row["loso_run_id"] = lo["parent_run_id"]
     row["minutes"] = round((time.time() - started) / 60, 1)
-    done.write_text(json.dumps({"key": key, "row": row}, default=float, indent=1))
+    done.write_text(json.dumps({"key": key, "version": ROW_VERSION, "row": row}, default=float, indent=1))
     return row
 
 
@@ -208,16 +254,51 @@ def _fmt(v: Any, low: Any = None, high: Any = None) -> str:
     return f"{v:.3f} [{low:.3f}, {high:.3f}]"
 
 
-def sweep_markdown(table: pd.DataFrame, sources: list[str], classes: list[str]) -> str:
-    """The sweep's tables: one for LOSO and internal test, one setting each variant with ``compare_with``
-    beside that variant (the source studies' leaky protocol vs cxrspark's)."""
+def _shares(r: dict[str, Any], pre: str, classes: list[str]) -> str:
+    vals = [r.get(f"{pre}predicted_{c}") for c in classes]
+    return "-" if any(_missing(v) for v in vals) else " / ".join(f"{v:.2f}" for v in vals)
+
+
+def winner_line(loso: pd.DataFrame, sc: SweepConfig) -> str:
+    """The best mean LOSO accuracy among the cells that may win, and whether it beats the baseline recipe
+    by more than the half-width of the difference's CI (the two means' half-widths combined)."""
+    ok = loso[loso["refused"] == ""]
+    if not len(ok):
+        return "\nNo cell may win: every model with LOSO folds collapsed (see above).\n"
+    best = ok.sort_values("loso_mean_accuracy", ascending=False).iloc[0]
+    text = (f"\nBest mean LOSO accuracy (collapsed models refused): {best['model']} / {best['variant']} "
+            f"{best['loso_mean_accuracy']:.3f} +- {best['loso_mean_halfwidth']:.3f}.")
+    base = loso[(loso["model"] == sc.baseline_model) & (loso["variant"] == sc.baseline_variant)]
+    if not len(base):
+        return text + f" The baseline {sc.baseline_model} / {sc.baseline_variant} has not run.\n"
+    b = base.iloc[0]
+    diff = best["loso_mean_accuracy"] - b["loso_mean_accuracy"]
+    half = math.hypot(best["loso_mean_halfwidth"], b["loso_mean_halfwidth"])
+    if best["model"] == b["model"] and best["variant"] == b["variant"]:
+        verdict = "it is the baseline itself: no recipe beat it"
+    elif diff > half:
+        verdict = f"it beats the baseline by {diff:+.3f} (more than the half-width {half:.3f})"
+    else:
+        verdict = f"{diff:+.3f} against the baseline is within the half-width {half:.3f}: not a win"
+    return text + (f" Baseline {b['model']} / {b['variant']}: {b['loso_mean_accuracy']:.3f} +- "
+                   f"{b['loso_mean_halfwidth']:.3f}; {verdict}.\n")
+
+
+def sweep_markdown(table: pd.DataFrame, sc: SweepConfig, classes: list[str]) -> str:
+    """The sweep's tables: one for LOSO and internal test (with the cells that may not win because they
+    collapsed, see :func:`refusals`), one of how each cell's predictions spread over the classes, and one
+    setting each variant with ``compare_with`` beside that variant (the source studies' leaky protocol vs
+    cxrspark's)."""
     if not len(table):
         return "No finished cells.\n"
+    sources = sc.loso_sources
     loso = table[table["loso_mean_accuracy"].notna()] if "loso_mean_accuracy" in table else table.iloc[:0]
+    loso = loso.assign(refused=["; ".join(refusals(r, classes, sources, sc.collapse_share, sc.chance_margin))
+                                for r in loso.to_dict("records")])
     lines = ["| model | recipe | mean LOSO accuracy | " + " | ".join(f"LOSO {s} (non-COVID specificity)" for s in sources)
              + " | internal test macro F1 | COVID-19 sensitivity | COVID-19 PPV | probe skill within "
-             + " / ".join(classes) + " | Grad-CAM mass in lungs (lung area) |",
-             "| --- | --- | ---: | " + " | ".join("---:" for _ in sources) + " | ---: | ---: | ---: | --- | --- |"]
+             + " / ".join(classes) + " | Grad-CAM mass in lungs (lung area) | may win |",
+             "| --- | --- | ---: | " + " | ".join("---:" for _ in sources) + " | ---: | ---: | ---: | --- | --- | --- |"]
     for r in loso.to_dict("records"):
         per = [f"{_fmt(r[f'loso_{s}_accuracy'], r[f'loso_{s}_accuracy_low'], r[f'loso_{s}_accuracy_high'])} "
                f"({_fmt(r[f'loso_{s}_specificity_non_covid'])})" for s in sources]
@@ -227,12 +308,23 @@ def sweep_markdown(table: pd.DataFrame, sources: list[str], classes: list[str]) 
                      f"{_fmt(r['covid_sensitivity'], r['covid_sensitivity_low'], r['covid_sensitivity_high'])} | "
                      f"{_fmt(r['covid_ppv'], r['covid_ppv_low'], r['covid_ppv_high'])} | "
                      + " / ".join(_fmt(r.get(f"probe_skill_{c}")) for c in classes) + " | "
-                     f"{_fmt(r['gradcam_lung_mass'])} ({_fmt(r['gradcam_lung_area'])}) |")
-    if len(loso):
-        best = loso.sort_values("loso_mean_accuracy", ascending=False).iloc[0]
-        lines.append(f"\nBest mean LOSO accuracy: {best['model']} / {best['variant']} "
-                     f"{best['loso_mean_accuracy']:.3f} +- {best['loso_mean_halfwidth']:.3f}.")
+                     f"{_fmt(r['gradcam_lung_mass'])} ({_fmt(r['gradcam_lung_area'])}) | "
+                     f"{'no' if r['refused'] else 'yes'} |")
     out = "\n".join(lines) + "\n"
+    if len(loso):
+        refused = [f"- {r['model']} / {r['variant']}: {r['refused']}" for r in loso.to_dict("records") if r["refused"]]
+        if refused:
+            out += ("\nMay not win (collapsed: one class for at least "
+                    f"{sc.collapse_share:.0%} of a test set's images and macro F1 within {sc.chance_margin} of "
+                    "the best one-class predictor's; or a class never predicted on the internal test):\n"
+                    + "\n".join(refused) + "\n")
+        out += winner_line(loso, sc)
+        out += ("\nShare of the images given each class (" + " / ".join(classes) + "):\n\n| model | recipe | "
+                "internal test | " + " | ".join(f"LOSO {s}" for s in sources) + " |\n| --- | --- | --- | "
+                + " | ".join("---" for _ in sources) + " |\n")
+        for r in loso.to_dict("records"):
+            out += (f"| {r['model']} | {r['variant']} | {_shares(r, 'test_', classes)} | "
+                    + " | ".join(_shares(r, f"loso_{s}_", classes) for s in sources) + " |\n")
     pairs = [(r, table[(table["model"] == r["model"]) & (table["variant"] == r["compare_with"])])
              for r in table.to_dict("records") if isinstance(r.get("compare_with"), str)]
     pairs = [(r, ref.iloc[0]) for r, ref in pairs if len(ref)]
@@ -300,7 +392,7 @@ def run_sweep(cfg: Config, log: Callable[[str], None] = print) -> dict[str, Any]
         raise
     table = pd.DataFrame(rows)
     classes = list(cfg.ingest.classes)
-    text = sweep_markdown(table, sc.loso_sources, classes)
+    text = sweep_markdown(table, sc, classes)
     if failed:
         text += "\nFailed cells:\n" + "".join(f"- {f}\n" for f in failed)
     (out / "SWEEP.md").write_text(text)
