@@ -91,6 +91,10 @@ def test_loso_job_trains_without_the_source_and_evaluates_on_it(sample_dataset, 
     row = table(parent, "loso/table.json").set_index("left_out").loc["kermany"]
     assert row["status"] == "ok" and row["images"] == len(preds)
     assert row["accuracy"] == pytest.approx((preds["label"] == preds["predicted"]).mean())
+    for c in ("COVID-19", "Normal", "Pneumonia"):  # how the fold model's predictions spread over the classes
+        assert row[f"predicted_{c}"] == pytest.approx((preds["predicted"] == c).mean())
+    assert row["constant_macro_f1"] == pytest.approx(max(2 * p / (1 + p) for p in preds["label"].value_counts(normalize=True))
+                                                     / preds["label"].nunique())
     assert row["accuracy_low"] <= row["accuracy"] <= row["accuracy_high"]
     assert row["seen_sources_test_accuracy"] == pytest.approx(train.data.metrics["final_test_accuracy"])
     files = {a.path for a in client.list_artifacts(parent.info.run_id, "loso")}
