@@ -10,7 +10,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from cxrspark.evaluate.loso import LosoError, plan_folds, shared_patient_records
+from cxrspark.evaluate.loso import LosoError, fold_key, plan_folds, shared_patient_records
 from cxrspark.train import data as tdata
 
 REPO = Path(__file__).resolve().parents[1]
@@ -22,6 +22,20 @@ def test_plan_folds_leaves_out_big_sources_and_says_why_others_are_not():
     assert plan_folds({"a": 100, "b": 60}, ["b"], 50) == (["b"], {})
     with pytest.raises(LosoError, match="does not have"):
         plan_folds({"a": 100, "b": 60}, ["zz"], 50)
+
+
+def test_a_new_model_revision_is_a_new_fold_key(monkeypatch):
+    """A finished training of an older architecture must not be reused for the current one."""
+    import dataclasses
+
+    from cxrspark.config import load_config
+    from cxrspark.train import models
+
+    cfg = load_config([], ["train.model=darkcovidnet"])
+    before = fold_key(cfg, "data")
+    spec = models.MODELS["darkcovidnet"]
+    monkeypatch.setitem(models.MODELS, "darkcovidnet", dataclasses.replace(spec, revision=spec.revision + 1))
+    assert fold_key(cfg, "data") != before
 
 
 def test_shared_patient_records_are_those_whose_patient_group_is_also_in_another_source(tmp_path):

@@ -73,13 +73,26 @@ def shared_patient_records(dataset: Path, source: str) -> set[str]:
 
 
 def fold_key(fold_cfg: Config, dataset_hash: str) -> str:
-    """What a fold's training depends on: the training settings (not where runs are logged) and the data."""
+    """What a fold's training depends on: the training settings (not where runs are logged), the model's
+    architecture revision and the data."""
     import hashlib
     import json
 
     train = to_dict(fold_cfg.train)
     train.pop("mlflow")
-    return hashlib.sha256(json.dumps([train, dataset_hash], sort_keys=True, default=str).encode()).hexdigest()
+    parts = [train, dataset_hash] + ([f"revision {r}"] if (r := model_revision(fold_cfg.train.model)) > 1 else [])
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def model_revision(name: str) -> int:
+    """The architecture revision of a registered model (1 for a name the registry does not know: the
+    training will say why)."""
+    from cxrspark.train.models import ModelError, model_spec
+
+    try:
+        return model_spec(name).revision
+    except ModelError:
+        return 1
 
 
 def train_command(config_file: Path, ranks: int, overrides: list[str]) -> list[str]:

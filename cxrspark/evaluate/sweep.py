@@ -44,7 +44,7 @@ import pandas as pd
 import yaml
 
 from cxrspark.config import Config, SweepConfig, SweepVariant, load_config, to_dict
-from cxrspark.evaluate.loso import prediction_spread
+from cxrspark.evaluate.loso import model_revision, prediction_spread
 
 REPO = Path(__file__).resolve().parents[2]
 COVID = "COVID-19"
@@ -203,7 +203,8 @@ def run_cell(cfg: Config, config_file: Path, model: str, variant: SweepVariant, 
     train = to_dict(cell_cfg.train)
     for where in ("mlflow", "output"):  # where runs are logged and written, not what is trained
         train.pop(where)
-    key = _digest([train, info.dataset_hash, variant.loso, sc.loso_sources if variant.loso else []])
+    parts = [train, info.dataset_hash, variant.loso, sc.loso_sources if variant.loso else []]
+    key = _digest(parts + ([f"revision {r}"] if (r := model_revision(model)) > 1 else []))
     done = cell / "row.json"
     old = json.loads(done.read_text()) if done.is_file() else {}
     trained = old.get("row") if old.get("key") == key else None
