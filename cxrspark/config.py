@@ -544,7 +544,7 @@ class SweepConfig(_Section):
     baseline_model: str = "seed_cnn"
     baseline_variant: str = "plain"
     #: a collapsed model cannot win: on a test set it gives one class to at least ``collapse_share`` of the
-    #: images AND its macro F1 (classes present) is within ``chance_margin`` of the best one-class
+    #: images AND its macro F1 (classes present) is at most ``chance_margin`` above the best one-class
     #: predictor's; on the internal test, a class it never predicts refuses it too
     collapse_share: float = Field(0.95, gt=0, le=1)
     chance_margin: float = Field(0.05, ge=0, le=1)

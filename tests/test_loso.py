@@ -28,7 +28,7 @@ def test_a_new_model_revision_is_a_new_fold_key(monkeypatch):
     """A finished training of an older architecture must not be reused for the current one."""
     import dataclasses
 
-    from cxrspark.config import load_config
+    from cxrspark.config import load_config, to_dict
     from cxrspark.train import models
 
     cfg = load_config([], ["train.model=darkcovidnet"])
@@ -36,6 +36,12 @@ def test_a_new_model_revision_is_a_new_fold_key(monkeypatch):
     spec = models.MODELS["darkcovidnet"]
     monkeypatch.setitem(models.MODELS, "darkcovidnet", dataclasses.replace(spec, revision=spec.revision + 1))
     assert fold_key(cfg, "data") != before
+    # a model still at revision 1 keeps the key it had before revisions existed: its trainings stay reusable
+    import hashlib
+
+    seed = load_config([], ["train.model=seed_cnn"])
+    train = {k: v for k, v in to_dict(seed.train).items() if k != "mlflow"}
+    assert fold_key(seed, "data") == hashlib.sha256(json.dumps([train, "data"], sort_keys=True, default=str).encode()).hexdigest()
 
 
 def test_shared_patient_records_are_those_whose_patient_group_is_also_in_another_source(tmp_path):

@@ -66,6 +66,8 @@ def test_refusals_name_collapsed_models_but_not_skewed_sources_they_get_right():
     never_covid = [[0, 5, 5], [0, 9, 1], [0, 1, 9]]
     assert refusals(_spread_row(never_covid, {}), CLASSES, [], 0.95, 0.05) == ["internal test: never predicts COVID-19"]
     assert refusals({}, CLASSES, ["a"], 0.95, 0.05) == ["internal test: no prediction spread recorded"]
+    # a left-out source of one class, every image called that class: right, not collapsed
+    assert refusals(_spread_row(good_test, {"a": [[0, 0, 0], [0, 50, 0], [0, 0, 0]]}), CLASSES, ["a"], 0.95, 0.05) == []
 
 
 def test_loso_part_takes_each_left_out_source_and_marks_failed_folds_missing():
@@ -91,7 +93,7 @@ def test_sweep_config_checks_variants_against_datasets():
 
 def _row(model, variant, loso: bool, acc: float, compare_with=None, collapsed=False) -> dict:
     test_cm = [[0, 30, 0], [0, 30, 0], [0, 30, 0]] if collapsed else [[10, 10, 10], [10, 10, 10], [10, 10, 10]]
-    row = {**_spread_row(test_cm, {"a": [[0, 0, 0], [0, 10, 10], [0, 10, 10]]}), "model": model, "variant": variant,
+    row = {**_spread_row(test_cm, {"a": [[0, 0, 0], [0, 10, 10], [0, 10, 10]]}),
            "model": model, "variant": variant, "compare_with": compare_with, "image_size": 80, "test_accuracy": acc, "test_accuracy_low": acc - 0.1,
            "test_accuracy_high": acc + 0.1, "test_macro_f1": acc, "test_macro_f1_low": acc - 0.1,
            "test_macro_f1_high": acc + 0.1, "covid_sensitivity": 0.8, "covid_sensitivity_low": 0.7,
@@ -125,6 +127,10 @@ def test_a_collapsed_recipe_cannot_win_and_a_small_gain_is_not_a_win():
     assert "m / slightly 0.450" in text and "+0.050 against the baseline is within the half-width 0.141" in text
     assert "- m / one class: internal test: 100% Normal" in text
     assert next(line for line in text.splitlines() if line.startswith("| m | one class | 0.900")).endswith("| no |")
+    # the baseline collapsed and scored more than the best cell that may win: said so, not "within"
+    worse = sweep_markdown(pd.DataFrame([_row("m", "plain", True, 0.9, collapsed=True), _row("m", "x", True, 0.4)]),
+                           sc, CLASSES)
+    assert "(the baseline itself collapsed: see above); it is worse than the baseline by 0.500" in worse
 
 
 def test_sweep_job_end_to_end_with_a_leaky_row_and_reuse(tmp_path):
@@ -204,5 +210,15 @@ def test_sweep_job_end_to_end_with_a_leaky_row_and_reuse(tmp_path):
     runs = client.search_runs([exp.experiment_id])
     assert sum(r.info.run_name == "seed_cnn plain: all sources" for r in runs) == 1
     assert sum(r.info.run_name == "seed_cnn plain: internal test" for r in runs) == 2
+    assert sum(r.info.run_name == "train without kermany" for r in runs) == 1  # the fold training reused too
     again_row = json.loads(done.read_text())
     assert again_row["row"]["train_run_id"] == old["row"]["train_run_id"] and "test_predicted_Normal" in again_row["row"]
+
+    # a run of no cell still tables the finished ones, but only those trained with the current settings
+    none = [*cmd, "--set", "sweep.only_variants=[nothing]"]
+    fourth = subprocess.run(none, capture_output=True, text=True, timeout=900, cwd=REPO)
+    assert fourth.returncode == 0 and "left out of the table" not in fourth.stdout, fourth.stdout[-3000:] + fourth.stderr[-3000:]
+    assert len(json.loads((tmp_path / "sweep" / "table.json").read_text())) == 2
+    fifth = subprocess.run([*none, "--set", "train.label_smoothing=0.2"], capture_output=True, text=True, timeout=900, cwd=REPO)
+    assert fifth.returncode == 0 and fifth.stdout.count("left out of the table") == 2, fifth.stdout[-3000:]
+    assert (tmp_path / "sweep" / "SWEEP.md").read_text() == "No finished cells.\n"

@@ -123,8 +123,8 @@ def loso_part(table: pd.DataFrame, sources: list[str]) -> dict[str, Any]:
 
 def refusals(row: dict[str, Any], classes: list[str], sources: list[str], share: float, margin: float) -> list[str]:
     """Why a cell cannot be picked as the winning recipe (empty: it can): on the internal test or a
-    left-out source the model collapsed (one class for ``share`` of the images, macro F1 within ``margin``
-    of the best one-class predictor's), or on the internal test it never predicts a class. A collapsed
+    left-out source the model collapsed (one class for ``share`` of the images, macro F1 at most ``margin``
+    above the best one-class predictor's; not on a test set of one class), or on the internal test it never predicts a class. A collapsed
     model's LOSO accuracy is the share of its one class in the left-out source, not skill."""
     out = []
     scopes = [("internal test", "test_")] + [(f"LOSO {s}", f"loso_{s}_") for s in sources]
@@ -136,7 +136,8 @@ def refusals(row: dict[str, Any], classes: list[str], sources: list[str], share:
                 out.append("internal test: no prediction spread recorded")
             continue
         top = int(np.argmax(shares))
-        if shares[top] >= share and f1 <= floor + margin:
+        # floor 1.0: the test set holds one class, and calling every image that class is right
+        if shares[top] >= share and f1 <= floor + margin and floor < 1.0:
             out.append(f"{name}: {shares[top]:.0%} {classes[top]}, macro F1 {f1:.3f} vs one-class {floor:.3f}")
         if pre == "test_":
             never = [c for c, x in zip(classes, shares) if x == 0]
@@ -184,6 +185,33 @@ def ensure_dataset(name: str, sets: list[str], config_file: Path, out: Path, ima
     return folder
 
 
+def dataset_folder(out: Path, variant: SweepVariant, size: int, default_size: int) -> Path:
+    """Where a variant's dataset is ingested (a size of its own gets its own copy)."""
+    return out / "datasets" / (variant.dataset if size == default_size else f"{variant.dataset}-{size}px")
+
+
+def cell_key(config_file: Path, model: str, variant: SweepVariant, dataset: Path, size: int,
+             loso_sources: list[str]) -> str:
+    """What a cell's trainings depend on: the training settings (not where runs are logged or written),
+    the model's architecture revision, the data and the left-out sources."""
+    from cxrspark.train import data as tdata
+
+    sets = [f"train.model={model}", f"train.input_size={size}", f"train.dataset={dataset}", *variant.set]
+    train = to_dict(load_config([config_file], sets).train)
+    for where in ("mlflow", "output"):
+        train.pop(where)
+    parts = [train, tdata.load_dataset_info(dataset).dataset_hash, variant.loso, loso_sources if variant.loso else []]
+    return _digest(parts + ([f"revision {r}"] if (r := model_revision(model)) > 1 else []))
+
+
+def finished_row(cell: Path, key: str) -> dict[str, Any] | None:
+    """The row of a finished cell whose trainings match ``key`` (None: not finished, or trained with other
+    settings, data or model revision)."""
+    done = cell / "row.json"
+    old = json.loads(done.read_text()) if done.is_file() else {}
+    return old if old.get("key") == key else None
+
+
 def run_cell(cfg: Config, config_file: Path, model: str, variant: SweepVariant, dataset: Path, out: Path,
              parent_id: str, log: Callable[[str], None], size: int) -> dict[str, Any]:
     """Train and evaluate one model x variant (see the module doc); returns its row."""
@@ -199,15 +227,10 @@ def run_cell(cfg: Config, config_file: Path, model: str, variant: SweepVariant, 
     info = tdata.load_dataset_info(dataset)
     sets = [f"train.model={model}", f"train.input_size={size}", f"train.dataset={dataset}",
             f"train.mlflow.experiment={sc.experiment}", f"train.mlflow.parent_run_id={parent_id}", *variant.set]
-    cell_cfg = load_config([config_file], sets)
-    train = to_dict(cell_cfg.train)
-    for where in ("mlflow", "output"):  # where runs are logged and written, not what is trained
-        train.pop(where)
-    parts = [train, info.dataset_hash, variant.loso, sc.loso_sources if variant.loso else []]
-    key = _digest(parts + ([f"revision {r}"] if (r := model_revision(model)) > 1 else []))
+    key = cell_key(config_file, model, variant, dataset, size, sc.loso_sources)
     done = cell / "row.json"
-    old = json.loads(done.read_text()) if done.is_file() else {}
-    trained = old.get("row") if old.get("key") == key else None
+    old = finished_row(cell, key) or {}
+    trained = old.get("row")
     if trained and old.get("version") == ROW_VERSION:
         log(f"[{model} / {variant.name}] reusing the finished cell (same settings and data)")
         return trained
@@ -215,10 +238,10 @@ def run_cell(cfg: Config, config_file: Path, model: str, variant: SweepVariant, 
     row: dict[str, Any] = {"model": model, "variant": variant.name, "dataset": dataset.name, "image_size": size,
                            "compare_with": variant.compare_with}
     model_uri = logged_model(trained["train_run_id"]) if trained else None
-    if model_uri is not None:  # an older row of the same training: evaluate it again, do not retrain
+    again = model_uri is not None
+    if again:  # an older row of the same training: evaluate it again, do not retrain
         log(f"[{model} / {variant.name}] evaluating the finished training again (row version {ROW_VERSION})")
         row.update(train_run_id=trained["train_run_id"], epochs_run=trained["epochs_run"])
-        started -= 60 * trained.get("minutes", 0)
     else:
         internal = cell / "internal"
         code = _run(train_command(config_file, 1, [*sets, f"train.output={internal}",
@@ -242,7 +265,8 @@ def run_cell(cfg: Config, config_file: Path, model: str, variant: SweepVariant, 
                       run_name=f"{model} {variant.name}: leave-one-source-out")
         row.update(loso_part(lo["table"], sc.loso_sources))
         row["loso_run_id"] = lo["parent_run_id"]
-    row["minutes"] = round((time.time() - started) / 60, 1)
+    # a cell evaluated again keeps the minutes of its first run (trainings and evaluations)
+    row["minutes"] = trained["minutes"] if again else round((time.time() - started) / 60, 1)
     done.write_text(json.dumps({"key": key, "version": ROW_VERSION, "row": row}, default=float, indent=1))
     return row
 
@@ -271,7 +295,7 @@ def winner_line(loso: pd.DataFrame, sc: SweepConfig) -> str:
             f"{best['loso_mean_accuracy']:.3f} +- {best['loso_mean_halfwidth']:.3f}.")
     base = loso[(loso["model"] == sc.baseline_model) & (loso["variant"] == sc.baseline_variant)]
     if not len(base):
-        return text + f" The baseline {sc.baseline_model} / {sc.baseline_variant} has not run.\n"
+        return text + f" The baseline {sc.baseline_model} / {sc.baseline_variant} has no LOSO result.\n"
     b = base.iloc[0]
     diff = best["loso_mean_accuracy"] - b["loso_mean_accuracy"]
     half = math.hypot(best["loso_mean_halfwidth"], b["loso_mean_halfwidth"])
@@ -279,10 +303,13 @@ def winner_line(loso: pd.DataFrame, sc: SweepConfig) -> str:
         verdict = "it is the baseline itself: no recipe beat it"
     elif diff > half:
         verdict = f"it beats the baseline by {diff:+.3f} (more than the half-width {half:.3f})"
+    elif diff < -half:
+        verdict = f"it is worse than the baseline by {-diff:.3f} (more than the half-width {half:.3f})"
     else:
         verdict = f"{diff:+.3f} against the baseline is within the half-width {half:.3f}: not a win"
+    collapsed = " (the baseline itself collapsed: see above)" if b["refused"] else ""
     return text + (f" Baseline {b['model']} / {b['variant']}: {b['loso_mean_accuracy']:.3f} +- "
-                   f"{b['loso_mean_halfwidth']:.3f}; {verdict}.\n")
+                   f"{b['loso_mean_halfwidth']:.3f}{collapsed}; {verdict}.\n")
 
 
 def sweep_markdown(table: pd.DataFrame, sc: SweepConfig, classes: list[str]) -> str:
@@ -316,7 +343,7 @@ def sweep_markdown(table: pd.DataFrame, sc: SweepConfig, classes: list[str]) -> 
         refused = [f"- {r['model']} / {r['variant']}: {r['refused']}" for r in loso.to_dict("records") if r["refused"]]
         if refused:
             out += ("\nMay not win (collapsed: one class for at least "
-                    f"{sc.collapse_share:.0%} of a test set's images and macro F1 within {sc.chance_margin} of "
+                    f"{sc.collapse_share:.0%} of a test set's images and macro F1 at most {sc.chance_margin} above "
                     "the best one-class predictor's; or a class never predicted on the internal test):\n"
                     + "\n".join(refused) + "\n")
         out += winner_line(loso, sc)
@@ -376,18 +403,26 @@ def run_sweep(cfg: Config, log: Callable[[str], None] = print) -> dict[str, Any]
                     key = (variant.dataset, size)
                     try:
                         if key not in datasets:
-                            folder = variant.dataset if size == sc.image_size else f"{variant.dataset}-{size}px"
                             datasets[key] = ensure_dataset(variant.dataset, sc.datasets[variant.dataset], config_file,
-                                                           out, size, log, folder)
+                                                           out, size, log, dataset_folder(out, variant, size, sc.image_size).name)
                         rows.append(run_cell(cfg, config_file, model, variant, datasets[key], out, parent_id, log,
                                              size))
                     except Exception as exc:  # one failed cell is a line in the report, the others still run
                         failed.append(f"{model} / {variant.name}: {exc}")
                         log(f"[{model} / {variant.name}] FAILED: {exc}")
-                else:  # a finished cell of an earlier partial run still belongs in the table
-                    done = out / "cells" / slug(model) / slug(variant.name) / "row.json"
-                    if done.is_file():
-                        rows.append(json.loads(done.read_text())["row"])
+                else:  # a finished cell of an earlier partial run still belongs in the table, if still current
+                    size = cell_size(cfg, model, variant)
+                    folder = dataset_folder(out, variant, size, sc.image_size)
+                    cell = out / "cells" / slug(model) / slug(variant.name)
+                    if not (cell / "row.json").is_file():
+                        continue
+                    found = (finished_row(cell, cell_key(config_file, model, variant, folder, size, sc.loso_sources))
+                             if (folder / "summary.json").is_file() else None)
+                    if found:
+                        rows.append(found["row"])
+                    else:
+                        log(f"[{model} / {variant.name}] left out of the table: its finished row was trained with "
+                            "other settings, data or model revision (run the cell again)")
     except BaseException:
         client.set_terminated(parent_id, "KILLED" if isinstance(sys.exc_info()[1], KeyboardInterrupt) else "FAILED")
         raise
