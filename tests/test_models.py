@@ -59,10 +59,9 @@ def test_the_studies_models_train_at_small_inputs(name):
     x = (rng.uniform(0, 60, (8, size, size, 1)) + 80 * y[:, None, None, None]).astype("float32")
     model.compile(tf.keras.optimizers.Adam(1e-3), "categorical_crossentropy")
     onehot = tf.one_hot(y, 3)
-    before = float(model.evaluate(x, onehot, verbose=0))
-    for _ in range(5):
-        model.train_on_batch(x, onehot)
-    assert float(model.evaluate(x, onehot, verbose=0)) < before
+    # the training-mode loss of the same batch (batch-norm settling is checked on its own below)
+    losses = [float(model.train_on_batch(x, onehot)) for _ in range(10)]
+    assert losses[-1] < losses[0], losses
 
 
 def test_seed_cnn_has_four_convolutions_and_two_pools():
